@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export QWED_QUIET := 1
+
+.PHONY: venv demo test lint typecheck pytest notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/qwed-guard demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check qwed_guard tests benchmarks
+	$(BIN)/ruff format --check qwed_guard tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict qwed_guard
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+notebooks: $(STAMP)
+	$(BIN)/pytest -q --nbmake notebooks
+
+test: lint typecheck pytest notebooks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""qwed_guard: retry, fallback, alerts and an audit trail around QWED verifications.
+
+from qwed_guard import fallback, guarded_client, retry
+
+client = guarded_client(base_url="http://127.0.0.1:8000/v1", model="sim")
+
+@fallback(value=100.0)
+@retry(max_tries=3)
+def interest(query: str):
+    return client.verify_math(query)
+"""
+
+from qwed_guard.client import guarded_client
+from qwed_guard.context import Attempt, audit_context
+from qwed_guard.errors import (
+    AuditError,
+    FallbackError,
+    PolicyError,
+    QwedGuardError,
+    VerificationFailed,
+)
+from qwed_guard.fallback import Failure, GuardedResult, fallback
+from qwed_guard.outcomes import Diagnosis, Outcome, classify, diagnose
+from qwed_guard.retry import retry
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Attempt",
+    "AuditError",
+    "Diagnosis",
+    "Failure",
+    "FallbackError",
+    "GuardedResult",
+    "Outcome",
+    "PolicyError",
+    "QwedGuardError",
+    "VerificationFailed",
+    "__version__",
+    "audit_context",
+    "classify",
+    "diagnose",
+    "fallback",
+    "guarded_client",
+    "retry",
+]

@@ -1,0 +1,62 @@
+"""The exceptions qwed_guard raises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from qwed_guard.outcomes import Outcome
+
+if TYPE_CHECKING:
+    from qwed_guard.context import Attempt
+
+__all__ = ["AuditError", "FallbackError", "PolicyError", "QwedGuardError", "VerificationFailed"]
+
+
+class QwedGuardError(Exception):
+    """Base class of every error qwed_guard raises."""
+
+
+class VerificationFailed(QwedGuardError):
+    """A guarded call could not be verified: retries ran out, the deadline passed, or the
+    failure was permanent.
+
+    Carries every attempt and the last result (or, chained as `__cause__`, the last exception).
+    """
+
+    def __init__(
+        self,
+        function: str,
+        attempts: Sequence[Attempt],
+        *,
+        last_result: Any = None,
+        last_exception: BaseException | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.function = function
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.last_result = last_result
+        self.last_exception = last_exception
+        last = self.attempts[-1] if self.attempts else None
+        self.outcome: Outcome = last.outcome if last is not None else Outcome.PERMANENT
+        self.error: str | None = last.error if last is not None else None
+        self.reason = reason
+        count = len(self.attempts)
+        text = f"{function}: not verified after {count} attempt{'s' if count != 1 else ''}"
+        text += f" (last outcome: {self.outcome.value}"
+        text += f"; {self.error})" if self.error else ")"
+        if reason:
+            text += f"; {reason}"
+        super().__init__(text)
+
+
+class FallbackError(QwedGuardError):
+    """The fallback handler itself raised: surfaced, never hidden behind another fallback."""
+
+
+class PolicyError(QwedGuardError, ValueError):
+    """A policy (or decorator arguments given as data) is invalid; the message names each field."""
+
+
+class AuditError(QwedGuardError):
+    """The audit sink could not record a call; raised so no unaudited result is returned."""

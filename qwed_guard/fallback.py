@@ -1,0 +1,196 @@
+"""`@fallback`: when a call cannot be verified, return a conservative value, clearly labelled.
+
+Every path returns a `GuardedResult`. A fallback result is never `verified=True`: the value did
+not pass the symbolic check, whatever it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, ParamSpec, overload
+
+from qwed_guard.context import FALLBACK_USED, CallContext
+from qwed_guard.errors import AuditError, FallbackError, PolicyError, VerificationFailed
+from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.outcomes import Diagnosis, Outcome
+
+__all__ = ["Failure", "FallbackLayer", "GuardedResult", "fallback"]
+
+P = ParamSpec("P")
+
+_UNSET: Any = object()
+# Errors that mean "do not answer at all", never "answer with the fallback".
+_NEVER_FALL_BACK = (AuditError, PolicyError, FallbackError)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedResult:
+    """What a call under `@fallback` returns: QWED's fields plus where the value came from."""
+
+    verified: bool
+    value: Any
+    confidence: float
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    source: Literal["verified", "fallback"] = "verified"
+    reason: str | None = None
+    """Why the fallback was used: the outcome and, when known, the error."""
+    attempts: int = 1
+    outcome: Outcome = Outcome.VERIFIED
+    result: Any = None
+    """The wrapped function's own last result, when it returned one."""
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.source == "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a fallback handler is told about the failure it replaces."""
+
+    outcome: Outcome
+    error: str | None
+    attempts: int
+    exception: BaseException | None
+    result: Any
+
+
+Handler = Callable[..., Any]
+
+
+class FallbackLayer(Layer):
+    kind = "fallback"
+
+    def __init__(self, *, value: Any = _UNSET, handler: Handler | None = None) -> None:
+        if (value is _UNSET) == (handler is None):
+            raise ValueError("fallback needs exactly one of value=... or handler=...")
+        if handler is not None and not callable(handler):
+            raise TypeError(f"fallback handler must be callable, got {type(handler).__name__}")
+        self.value = None if value is _UNSET else value
+        self.handler = handler
+        self._handler_is_async = handler is not None and inspect.iscoroutinefunction(handler)
+
+    def describe(self) -> str:
+        if self.handler is not None:
+            name = getattr(self.handler, "__qualname__", repr(self.handler))
+            return f"fallback(handler={name})"
+        return f"fallback(value={self.value!r})"
+
+    @staticmethod
+    def _verified(ctx: CallContext, result: Any) -> GuardedResult:
+        if isinstance(result, GuardedResult):
+            return result
+        return GuardedResult(
+            verified=True,
+            value=getattr(result, "value", result),
+            confidence=float(getattr(result, "confidence", 1.0) or 0.0),
+            evidence=getattr(result, "evidence", None) or {},
+            attempts=max(len(ctx.attempts), 1),
+            result=result,
+        )
+
+    def _failure(
+        self, ctx: CallContext, diagnosis: Diagnosis, result: Any, exc: BaseException | None
+    ) -> Failure:
+        if isinstance(exc, VerificationFailed):
+            result = exc.last_result
+        return Failure(diagnosis.outcome, diagnosis.error, max(len(ctx.attempts), 1), exc, result)
+
+    def _labelled(self, ctx: CallContext, failure: Failure, value: Any) -> GuardedResult:
+        reason = failure.outcome.value + (f": {failure.error}" if failure.error else "")
+        ctx.emit(FALLBACK_USED, value=value, reason=reason, outcome=failure.outcome)
+        return GuardedResult(
+            verified=False,
+            value=value,
+            confidence=0.0,
+            evidence={},
+            error=failure.error,
+            source="fallback",
+            reason=reason,
+            attempts=failure.attempts,
+            outcome=failure.outcome,
+            result=failure.result if not isinstance(failure.result, BaseException) else None,
+        )
+
+    def _handler_error(self, error: Exception) -> FallbackError:
+        name = getattr(self.handler, "__qualname__", repr(self.handler))
+        return FallbackError(f"fallback handler {name} raised {type(error).__name__}: {error}")
+
+    def _split(self, ctx: CallContext, result: Any, exc: Exception | None) -> Diagnosis:
+        if exc is not None and isinstance(exc, _NEVER_FALL_BACK):
+            raise exc
+        return call_diagnosis(ctx, exc)
+
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        exc: Exception | None = None
+        result: Any = None
+        try:
+            result = proceed()
+        except Exception as error:
+            exc = error
+        diagnosis = self._split(ctx, result, exc)
+        if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+            return self._verified(ctx, result)
+        failure = self._failure(ctx, diagnosis, result, exc)
+        if self.handler is None:
+            return self._labelled(ctx, failure, self.value)
+        if self._handler_is_async:
+            raise FallbackError("an async fallback handler needs an async guarded function")
+        try:
+            value = self.handler(failure, *ctx.args, **ctx.kwargs)
+        except Exception as error:
+            raise self._handler_error(error) from error
+        return self._labelled(ctx, failure, value)
+
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        exc: Exception | None = None
+        result: Any = None
+        try:
+            result = await proceed()
+        except Exception as error:
+            exc = error
+        diagnosis = self._split(ctx, result, exc)
+        if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+            return self._verified(ctx, result)
+        failure = self._failure(ctx, diagnosis, result, exc)
+        if self.handler is None:
+            return self._labelled(ctx, failure, self.value)
+        try:
+            value = self.handler(failure, *ctx.args, **ctx.kwargs)
+            if self._handler_is_async:
+                value = await value
+        except Exception as error:
+            raise self._handler_error(error) from error
+        return self._labelled(ctx, failure, value)
+
+
+class _FallbackDecorator:
+    """`fallback(...)`'s result: turns a function's return type into `GuardedResult`."""
+
+    def __init__(self, layer: FallbackLayer) -> None:
+        self.layer = layer
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, Any]]
+    ) -> Callable[P, Coroutine[Any, Any, GuardedResult]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, GuardedResult]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        return guard(fn, self.layer)
+
+
+def fallback(*, value: Any = _UNSET, handler: Handler | None = None) -> _FallbackDecorator:
+    """Return `value` (or `handler(failure, *args, **kwargs)`) when the call is not verified.
+
+    The decorated function then returns a `GuardedResult` on every path: `source="verified"`
+    with the verified value, or `source="fallback"` with the fallback value, `verified=False`,
+    `confidence=0.0` and a `reason`. `VerificationFailed`, unverified results and ordinary
+    exceptions fall back; `KeyboardInterrupt`, `SystemExit`, cancellation and `AuditError` do not.
+    """
+    return _FallbackDecorator(FallbackLayer(value=value, handler=handler))

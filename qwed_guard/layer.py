@@ -1,0 +1,265 @@
+"""How a pattern becomes a decorator: one `Layer` per pattern, one wrapper type for all.
+
+Each decorator builds a `Layer` and wraps the function in a `GuardedFunction` (a wrapt
+FunctionWrapper, so signatures, methods and introspection keep working). The outermost layer of a
+stack opens the call's context; the innermost one runs the attempt and reports it. Layers in
+between only see `proceed()`, the rest of the stack.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import wrapt
+
+from qwed_guard import clock
+from qwed_guard.context import (
+    ATTEMPT_ENDED,
+    ATTEMPT_STARTED,
+    Attempt,
+    CallContext,
+    _current,
+    open_call,
+)
+from qwed_guard.outcomes import Diagnosis, Outcome, diagnose
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Layer(abc.ABC):
+    """One pattern's behaviour around a call."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        """Run the rest of the stack (`proceed`) with this pattern around it."""
+
+    @abc.abstractmethod
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """The same for `async def` functions."""
+
+    def describe(self) -> str:
+        """A one-line, human-readable account of this layer and its parameters."""
+        return self.kind
+
+
+def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, result: Any) -> Attempt:
+    """Report how an attempt ended; also used by layers that end an attempt without a call."""
+    attempt = Attempt(
+        ctx.attempt,
+        diagnosis.outcome,
+        diagnosis.error,
+        clock.monotonic() - started,
+        ctx.wait_before,
+        diagnosis.status,
+    )
+    ctx.attempts.append(attempt)
+    ctx.last = diagnosis
+    ctx.last_result = result
+    ctx.emit(ATTEMPT_ENDED, record=attempt, result=result, diagnosis=diagnosis)
+    return attempt
+
+
+def _run_attempt(
+    ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    ctx.wire = None
+    ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+    started = clock.monotonic()
+    ctx.in_user_code = True
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:
+        ctx.in_user_code = False
+        record_attempt(ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, exc)
+        raise
+    finally:
+        ctx.in_user_code = False
+    record_attempt(ctx, diagnose(result, wire=ctx.wire, classifier=ctx.classifier), started, result)
+    return result
+
+
+async def _run_attempt_async(
+    ctx: CallContext,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    ctx.wire = None
+    ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+    started = clock.monotonic()
+    ctx.in_user_code = True
+    try:
+        result = await fn(*args, **kwargs)
+    except Exception as exc:
+        ctx.in_user_code = False
+        record_attempt(ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, exc)
+        raise
+    finally:
+        ctx.in_user_code = False
+    record_attempt(ctx, diagnose(result, wire=ctx.wire, classifier=ctx.classifier), started, result)
+    return result
+
+
+def call_diagnosis(ctx: CallContext, exc: BaseException | None = None) -> Diagnosis:
+    """How the call ended so far: the last attempt's diagnosis, or the exception's own."""
+    last = ctx.last
+    if exc is None:
+        return last if last is not None else Diagnosis(Outcome.VERIFIED)
+    carried = getattr(exc, "outcome", None)
+    if isinstance(carried, Outcome):
+        # VerificationFailed and the breaker's CircuitOpen say how the call ended themselves.
+        error = getattr(exc, "error", None)
+        return Diagnosis(carried, error if isinstance(error, str) else None)
+    if last is not None and last.outcome is not Outcome.VERIFIED and ctx.last_result is exc:
+        return last
+    return diagnose(exc)
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    root = inspect.unwrap(fn)
+    module = getattr(root, "__module__", None) or "?"
+    qualname = getattr(root, "__qualname__", None) or getattr(root, "__name__", repr(root))
+    return f"{module}.{qualname}"
+
+
+def _sync_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any]:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        ctx = _current.get()
+        owner = ctx is None or ctx.in_user_code
+        if owner:
+            ctx = open_call(name, args, kwargs)
+            token = _current.set(ctx)
+        assert ctx is not None
+        if innermost:
+            call_ctx = ctx
+
+            def proceed() -> Any:
+                return _run_attempt(call_ctx, wrapped, args, kwargs)
+
+        else:
+
+            def proceed() -> Any:
+                return wrapped(*args, **kwargs)
+
+        try:
+            return layer.around(ctx, proceed)
+        finally:
+            if owner:
+                _current.reset(token)
+
+    return wrapper
+
+
+def _async_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any]:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        ctx = _current.get()
+        owner = ctx is None or ctx.in_user_code
+        if owner:
+            ctx = open_call(name, args, kwargs)
+            token = _current.set(ctx)
+        assert ctx is not None
+        if innermost:
+            call_ctx = ctx
+
+            def proceed() -> Awaitable[Any]:
+                return _run_attempt_async(call_ctx, wrapped, args, kwargs)
+
+        else:
+
+            def proceed() -> Awaitable[Any]:
+                result: Awaitable[Any] = wrapped(*args, **kwargs)
+                return result
+
+        try:
+            return await layer.around_async(ctx, proceed)
+        finally:
+            if owner:
+                _current.reset(token)
+
+    return wrapper
+
+
+class _BoundGuardedFunction(wrapt.BoundFunctionWrapper[..., Any]):
+    """A guarded method looked up on an instance: exposes the same inspection properties."""
+
+    @property
+    def guard_layers(self) -> list[Layer]:
+        layers: list[Layer] = self._self_parent.guard_layers
+        return layers
+
+    def find_layer(self, kind: str) -> Layer | None:
+        found: Layer | None = self._self_parent.find_layer(kind)
+        return found
+
+    @property
+    def alerts(self) -> Any:
+        return self._self_parent.alerts
+
+    @property
+    def breaker(self) -> Any:
+        return self._self_parent.breaker
+
+
+class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
+    """A function wrapped by one qwed_guard layer (and, through it, by the layers below)."""
+
+    __bound_function_wrapper__ = _BoundGuardedFunction
+
+    def __init__(self, fn: Callable[..., Any], layer: Layer) -> None:
+        if not callable(fn):
+            raise TypeError(f"@{layer.kind} decorates a callable, got {type(fn).__name__}")
+        below = fn if type(fn) is GuardedFunction else None
+        innermost = below is None
+        name = _function_name(fn)
+        if inspect.iscoroutinefunction(fn):
+            wrapper = _async_wrapper(layer, innermost, name)
+        else:
+            wrapper = _sync_wrapper(layer, innermost, name)
+        super().__init__(fn, wrapper)
+        self._self_layer = layer
+        self._self_below = below
+
+    @property
+    def guard_layers(self) -> list[Layer]:
+        """This function's layers, outermost first."""
+        layers: list[Layer] = [self._self_layer]
+        below = self._self_below
+        if below is not None:
+            layers.extend(below.guard_layers)
+        return layers
+
+    def find_layer(self, kind: str) -> Layer | None:
+        for layer in self.guard_layers:
+            if layer.kind == kind:
+                return layer
+        return None
+
+    @property
+    def alerts(self) -> Any:
+        """The alert history of this function's `alert_on_failures` layer."""
+        layer = self.find_layer("alert_on_failures")
+        if layer is None:
+            raise AttributeError("this function has no alert_on_failures layer")
+        return getattr(layer, "history")  # noqa: B009 - the alerting module defines it
+
+    @property
+    def breaker(self) -> Any:
+        """The state and counts of this function's circuit breaker."""
+        layer = self.find_layer("circuit_breaker")
+        if layer is None:
+            raise AttributeError("this function has no circuit_breaker layer")
+        return getattr(layer, "breaker")  # noqa: B009 - the breaker module defines it
+
+
+def guard(fn: F, layer: Layer) -> F:
+    """Wrap `fn` in `layer`, keeping its type for the type checker."""
+    return GuardedFunction(fn, layer)  # type: ignore[return-value]

@@ -1,0 +1,299 @@
+"""One classifier for every attempt: what happened, whether it may heal, and how long to wait.
+
+QWEDLocal never raises: a 503, a bad key and a wrong answer all come back as a
+`VerificationResult` with `verified=False`, told apart only by its `error` string. This module
+turns results, exceptions and (when the guarded client recorded them) the failing HTTP responses
+behind them into one `Outcome`, with any server-given Retry-After.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Classifier",
+    "Diagnosis",
+    "Outcome",
+    "WireFailure",
+    "classify",
+    "diagnose",
+    "parse_retry_after",
+    "scrub",
+]
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt (or a whole call) ended."""
+
+    VERIFIED = "verified"
+    """The symbolic check agreed with the answer."""
+    REFUTED = "refuted"
+    """The check ran and disagreed: the model answered wrongly."""
+    UNVERIFIABLE = "unverifiable"
+    """The check could not run on what the model gave."""
+    TRANSIENT = "transient"
+    """Infrastructure failed in a way that may heal (5xx, 408, 409, 429, connection, timeout)."""
+    PERMANENT = "permanent"
+    """Retrying cannot help (bad key, quota, bad request, SymPy missing, unknown errors)."""
+    SHORT_CIRCUITED = "short_circuited"
+    """The circuit breaker is open: no call was made."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class WireFailure:
+    """A failing HTTP response as the guarded client saw it, before the SDK reduced it to text."""
+
+    status: int
+    code: str | None = None
+    message: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """An outcome plus what is known about why: scrubbed error text, status, code, wait."""
+
+    outcome: Outcome
+    error: str | None = None
+    status: int | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+
+Classifier = Callable[[Any], "Outcome | Diagnosis"]
+"""A user classifier: takes a result or an exception, returns an Outcome or a Diagnosis."""
+
+
+_VERIFIED = Diagnosis(Outcome.VERIFIED)
+_REFUTED = Diagnosis(Outcome.REFUTED)
+
+_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+_QUOTA_MARKERS = ("insufficient_quota", "exceeded your current quota", "billing_hard_limit")
+_STATUS_IN_TEXT = re.compile(r"Error code: (\d{3})")
+_TRANSIENT_TEXT = re.compile(
+    r"connection error|timed out|timeout|connection refused|connection reset|"
+    r"server disconnected|temporarily unavailable|expecting value|invalid json|"
+    r"remote ?protocol|read error|broken pipe",
+    re.IGNORECASE,
+)
+_TRANSIENT_EXCEPTION_NAMES = frozenset(
+    {
+        # openai / anthropic SDKs
+        "APIConnectionError",
+        "APITimeoutError",
+        "InternalServerError",
+        # httpx and httpx2
+        "TimeoutException",
+        "TransportError",
+        "NetworkError",
+        "RemoteProtocolError",
+    }
+)
+
+
+def _status_outcome(status: int, code: str | None, text: str) -> Outcome:
+    if status == 429 or status == 403:
+        lowered = f"{code or ''} {text}".lower()
+        if any(marker in lowered for marker in _QUOTA_MARKERS):
+            return Outcome.PERMANENT
+    if status in _TRANSIENT_STATUS or status >= 500:
+        return Outcome.TRANSIENT
+    return Outcome.PERMANENT
+
+
+def _from_wire(wire: WireFailure, error: str | None) -> Diagnosis:
+    outcome = _status_outcome(wire.status, wire.code, wire.message or "")
+    return Diagnosis(outcome, error, wire.status, wire.code, wire.retry_after)
+
+
+def _from_error_text(error: str, wire: WireFailure | None) -> Diagnosis:
+    """Classify QWEDLocal's `error` string, preferring what the wire recorded."""
+    scrubbed = scrub(error)
+    if error.startswith("SymPy verification failed"):
+        return Diagnosis(Outcome.UNVERIFIABLE, scrubbed)
+    if "not installed" in error:
+        return Diagnosis(Outcome.PERMANENT, scrubbed)
+    if wire is not None:
+        return _from_wire(wire, scrubbed)
+    match = _STATUS_IN_TEXT.search(error)
+    if match is not None:
+        status = int(match.group(1))
+        outcome = _status_outcome(status, None, error)
+        quota = status == 429 and outcome is Outcome.PERMANENT
+        return Diagnosis(outcome, scrubbed, status, "insufficient_quota" if quota else None)
+    if _TRANSIENT_TEXT.search(error):
+        return Diagnosis(Outcome.TRANSIENT, scrubbed)
+    return Diagnosis(Outcome.PERMANENT, scrubbed)
+
+
+def _exception_names(exc: BaseException) -> Iterable[str]:
+    return (cls.__name__ for cls in type(exc).__mro__)
+
+
+def _diagnose_exception(exc: BaseException, wire: WireFailure | None) -> Diagnosis:
+    # Our own errors carry their outcome (VerificationFailed, CircuitOpen).
+    carried = getattr(exc, "outcome", None)
+    if isinstance(carried, Outcome):
+        return Diagnosis(carried, scrub(str(exc)))
+    text = scrub(f"{type(exc).__name__}: {exc}")
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        code = getattr(exc, "code", None)
+        code = code if isinstance(code, str) else None
+        body = getattr(exc, "body", None)
+        if code is None and isinstance(body, Mapping):
+            code = _error_code(body)
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        retry_after = parse_retry_after(headers) if headers is not None else None
+        if wire is not None and wire.status == status:
+            code = code or wire.code
+            retry_after = retry_after if retry_after is not None else wire.retry_after
+        return Diagnosis(_status_outcome(status, code, str(exc)), text, status, code, retry_after)
+    names = set(_exception_names(exc))
+    if names & _TRANSIENT_EXCEPTION_NAMES or isinstance(exc, (TimeoutError, ConnectionError)):
+        return Diagnosis(Outcome.TRANSIENT, text)
+    if wire is not None:
+        return _from_wire(wire, text)
+    return Diagnosis(Outcome.PERMANENT, text)
+
+
+def _error_code(body: Mapping[str, Any]) -> str | None:
+    """The machine-readable code of an OpenAI-style error body, if any."""
+    inner = body.get("error", body)
+    if isinstance(inner, Mapping):
+        for field in ("code", "type"):
+            value = inner.get(field)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def diagnose(
+    obj: Any,
+    *,
+    wire: WireFailure | None = None,
+    classifier: Classifier | None = None,
+) -> Diagnosis:
+    """Classify a result or exception, keeping the scrubbed error, status and Retry-After.
+
+    `wire` is the last failing HTTP response the guarded client recorded during the attempt;
+    it makes the classification exact where QWEDLocal's error text has lost the details.
+    """
+    if classifier is not None:
+        verdict = classifier(obj)
+        if isinstance(verdict, Diagnosis):
+            return verdict
+        if isinstance(verdict, Outcome):
+            return _VERIFIED if verdict is Outcome.VERIFIED else Diagnosis(verdict, _error_of(obj))
+        raise TypeError(
+            f"a classifier must return an Outcome or a Diagnosis, got {type(verdict).__name__}"
+        )
+    if isinstance(obj, BaseException):
+        return _diagnose_exception(obj, wire)
+    verified = getattr(obj, "verified", None)
+    if verified is None:
+        # A plain return value: the function did its job.
+        return _VERIFIED
+    if verified is True:
+        return _VERIFIED
+    error = getattr(obj, "error", None)
+    if not error:
+        return _REFUTED
+    return _from_error_text(str(error), wire)
+
+
+def _error_of(obj: Any) -> str | None:
+    if isinstance(obj, BaseException):
+        return scrub(f"{type(obj).__name__}: {obj}")
+    error = getattr(obj, "error", None)
+    return scrub(str(error)) if error else None
+
+
+def classify(obj: Any) -> Outcome:
+    """The outcome of a QWED result, an exception, or any returned value.
+
+    >>> classify(TimeoutError())
+    <Outcome.TRANSIENT: 'transient'>
+    """
+    from qwed_guard.context import current_wire
+
+    return diagnose(obj, wire=current_wire()).outcome
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | Any, *, now: float | None = None
+) -> float | None:
+    """Seconds the server asked us to wait: `retry-after-ms`, `retry-after` seconds or HTTP date."""
+    getter = getattr(headers, "get", None)
+    if getter is None:
+        return None
+    millis = getter("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return value
+    raw = getter("retry-after")
+    if raw is None:
+        return None
+    raw = str(raw).strip()
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    reference = time.time() if now is None else now
+    return max(when.timestamp() - reference, 0.0)
+
+
+# Secrets that must never reach a log line, an alert or an audit record.
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"), "sk-***"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer ***"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),
+    (re.compile(r"(https://hooks\.slack\.com/services/)[^\s\"'<>]+"), r"\1***"),
+    (re.compile(r"(https://[^\s\"'<>]*/(?:webhooks?|hooks)/)[^\s\"'<>]+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)([?&](?:token|key|api_key|apikey|sig|signature|access_token|secret)=)"
+            r"[^&\s\"'<>]+"
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(?i)(routing_key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9]+"), r"\1***"),
+)
+_registered_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Scrub this exact value (a routing key, a password) wherever it appears from now on."""
+    if len(value) >= 4:
+        _registered_secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Remove API keys, bearer tokens, credentials in URLs, webhook URLs and routing keys."""
+    for secret in _registered_secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text

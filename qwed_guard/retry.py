@@ -1,0 +1,283 @@
+"""`@retry`: one loop, one attempt counter, one deadline, for exceptions and results alike.
+
+QWEDLocal reports a 503 and a wrong answer the same way (a result with `verified=False`), so a
+retry that only catches exceptions never fires. This loop classifies every attempt, retries what
+may heal, never retries what cannot, honours the server's Retry-After and keeps a true deadline.
+backoff's wait generators and jitter compute the schedule; the loop is ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable
+from typing import Any, TypeVar, overload
+
+import backoff
+
+from qwed_guard import clock
+from qwed_guard.context import GAVE_UP, RETRY_SCHEDULED, CallContext
+from qwed_guard.errors import VerificationFailed
+from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.outcomes import Classifier, Diagnosis, Outcome
+
+__all__ = ["DEFAULT_RETRY_ON", "RetryLayer", "retry"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Jitter = Callable[[float], float]
+
+DEFAULT_RETRY_ON: frozenset[Outcome] = frozenset(
+    {Outcome.TRANSIENT, Outcome.REFUTED, Outcome.UNVERIFIABLE}
+)
+_RETRYABLE = DEFAULT_RETRY_ON
+_REASKS = frozenset({Outcome.REFUTED, Outcome.UNVERIFIABLE})
+_JITTERS: dict[str, Jitter] = {
+    "full": backoff.full_jitter,
+    "random": backoff.random_jitter,
+}
+
+
+def _parse_retry_on(retry_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
+    if isinstance(retry_on, str):
+        retry_on = [retry_on]
+    chosen: set[Outcome] = set()
+    for item in retry_on:
+        try:
+            outcome = Outcome(item)
+        except ValueError:
+            names = ", ".join(sorted(o.value for o in _RETRYABLE))
+            raise ValueError(f"retry_on: unknown outcome {item!r}; choose from {names}") from None
+        if outcome not in _RETRYABLE:
+            raise ValueError(
+                f"retry_on: {outcome.value} outcomes are never retried "
+                f"(choose from {', '.join(sorted(o.value for o in _RETRYABLE))})"
+            )
+        chosen.add(outcome)
+    return frozenset(chosen)
+
+
+def _non_negative(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class RetryLayer(Layer):
+    """The retry loop's parameters; `around` runs one call through it."""
+
+    kind = "retry"
+
+    def __init__(
+        self,
+        *,
+        max_tries: int = 3,
+        base: float = 1.0,
+        factor: float = 2.0,
+        max_delay: float = 60.0,
+        jitter: str | Jitter | None = "full",
+        max_time: float | None = None,
+        retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
+        max_reasks: int | None = None,
+        classifier: Classifier | None = None,
+    ) -> None:
+        if isinstance(max_tries, bool) or not isinstance(max_tries, int):
+            raise TypeError(f"max_tries must be an int, got {type(max_tries).__name__}")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        for name, value in (("base", base), ("factor", factor), ("max_delay", max_delay)):
+            _non_negative(name, value)
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        _non_negative("max_time", max_time)
+        if max_reasks is not None:
+            if isinstance(max_reasks, bool) or not isinstance(max_reasks, int):
+                raise TypeError(f"max_reasks must be an int, got {type(max_reasks).__name__}")
+            if max_reasks < 0:
+                raise ValueError(f"max_reasks must be >= 0, got {max_reasks}")
+        if isinstance(jitter, str):
+            if jitter not in _JITTERS:
+                raise ValueError(f"jitter must be one of {sorted(_JITTERS)}, a callable or None")
+            jitter_fn: Jitter | None = _JITTERS[jitter]
+        elif jitter is None or callable(jitter):
+            jitter_fn = jitter
+        else:
+            raise TypeError(f"jitter must be a name, a callable or None, got {jitter!r}")
+        if classifier is not None and not callable(classifier):
+            raise TypeError("classifier must be callable")
+        self.max_tries = max_tries
+        self.base = float(base)
+        self.factor = float(factor)
+        self.max_delay = float(max_delay)
+        self.jitter = jitter
+        self._jitter = jitter_fn
+        self.max_time = max_time
+        self.retry_on = _parse_retry_on(retry_on)
+        self.max_reasks = max_reasks
+        self.classifier = classifier
+
+    def describe(self) -> str:
+        schedule = ", ".join(f"{w:g} s" for w in self.schedule())
+        jitter = self.jitter if isinstance(self.jitter, str) or self.jitter is None else "custom"
+        parts = [
+            f"max_tries={self.max_tries}",
+            f"waits {schedule or 'none'}",
+            f"jitter={jitter}",
+            f"max_delay={self.max_delay:g} s",
+        ]
+        if self.max_time is not None:
+            parts.append(f"max_time={self.max_time:g} s")
+        parts.append("retry_on=" + ",".join(sorted(o.value for o in self.retry_on)))
+        if self.max_reasks is not None:
+            parts.append(f"max_reasks={self.max_reasks}")
+        return "retry(" + "; ".join(parts) + ")"
+
+    def _waits(self) -> Generator[float, None, None]:
+        gen = backoff.expo(base=self.factor, factor=self.base, max_value=self.max_delay)
+        gen.send(None)  # backoff's generators are primed with one send
+        yield from gen
+
+    def schedule(self) -> list[float]:
+        """The un-jittered waits between attempts, in order."""
+        waits = self._waits()
+        return [float(next(waits)) for _ in range(self.max_tries - 1)]
+
+    # The loop, written once as a step function both the sync and async paths drive.
+    def _next_wait(
+        self,
+        ctx: CallContext,
+        diagnosis: Diagnosis,
+        waits: Generator[float, None, None],
+        reasks: int,
+        deadline: float | None,
+    ) -> float | str:
+        """The wait before the next attempt, or why there is none."""
+        outcome = diagnosis.outcome
+        if outcome not in self.retry_on:
+            return f"{outcome.value} outcomes are not retried"
+        if ctx.attempt >= self.max_tries:
+            return f"max_tries={self.max_tries} reached"
+        if outcome in _REASKS and self.max_reasks is not None and reasks > self.max_reasks:
+            return f"max_reasks={self.max_reasks} reached"
+        computed = float(next(waits))
+        if diagnosis.retry_after is not None:
+            wait = min(diagnosis.retry_after, self.max_delay)
+        else:
+            wait = self._jitter(computed) if self._jitter is not None else computed
+            wait = min(max(wait, 0.0), self.max_delay)
+        if deadline is not None and clock.monotonic() + wait > deadline:
+            return f"max_time={self.max_time:g} s would pass before the next attempt"
+        return wait
+
+    def _give_up(
+        self, ctx: CallContext, reason: str, result: Any, exc: BaseException | None
+    ) -> VerificationFailed:
+        ctx.emit(GAVE_UP, reason=reason, attempts=len(ctx.attempts))
+        failure = VerificationFailed(
+            ctx.function,
+            ctx.attempts,
+            last_result=result,
+            last_exception=exc,
+            reason=reason,
+        )
+        return failure
+
+    def _begin(self, ctx: CallContext) -> tuple[float | None, Classifier | None]:
+        deadline = None if self.max_time is None else clock.monotonic() + self.max_time
+        previous = ctx.classifier
+        if self.classifier is not None:
+            ctx.classifier = self.classifier
+        ctx.attempt = 1
+        ctx.wait_before = 0.0
+        return deadline, previous
+
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        deadline, previous_classifier = self._begin(ctx)
+        waits = self._waits()
+        reasks = 0
+        try:
+            while True:
+                exc: Exception | None = None
+                result: Any = None
+                try:
+                    result = proceed()
+                except Exception as error:
+                    exc = error
+                diagnosis = call_diagnosis(ctx, exc)
+                if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+                    return result
+                reasks += diagnosis.outcome in _REASKS
+                step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
+                if isinstance(step, str):
+                    raise self._give_up(ctx, step, result, exc) from exc
+                ctx.emit(RETRY_SCHEDULED, wait=step, outcome=diagnosis.outcome)
+                clock.active().sleep(step)
+                ctx.attempt += 1
+                ctx.wait_before = step
+        finally:
+            ctx.classifier = previous_classifier
+
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        deadline, previous_classifier = self._begin(ctx)
+        waits = self._waits()
+        reasks = 0
+        try:
+            while True:
+                exc: Exception | None = None
+                result: Any = None
+                try:
+                    result = await proceed()
+                except Exception as error:
+                    exc = error
+                diagnosis = call_diagnosis(ctx, exc)
+                if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+                    return result
+                reasks += diagnosis.outcome in _REASKS
+                step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
+                if isinstance(step, str):
+                    raise self._give_up(ctx, step, result, exc) from exc
+                ctx.emit(RETRY_SCHEDULED, wait=step, outcome=diagnosis.outcome)
+                await clock.active().asleep(step)
+                ctx.attempt += 1
+                ctx.wait_before = step
+        finally:
+            ctx.classifier = previous_classifier
+
+
+@overload
+def retry(fn: F, /) -> F: ...
+
+
+@overload
+def retry(
+    *,
+    max_tries: int = 3,
+    base: float = 1.0,
+    factor: float = 2.0,
+    max_delay: float = 60.0,
+    jitter: str | Jitter | None = "full",
+    max_time: float | None = None,
+    retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
+    max_reasks: int | None = None,
+    classifier: Classifier | None = None,
+) -> Callable[[F], F]: ...
+
+
+def retry(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+    """Retry a verification with exponential backoff until it is verified.
+
+    Waits `base * factor ** n` seconds (1 s, 2 s, 4 s by default), jittered (`"full"`) unless
+    `jitter=None`, capped by `max_delay`; a server's Retry-After replaces the computed wait. No
+    attempt starts after `max_time`. Transient failures, refuted and unverifiable answers are
+    retried (`retry_on`; `max_reasks` caps the re-asks); permanent ones never. When it gives up it
+    raises `VerificationFailed` with every attempt.
+    """
+    layer = RetryLayer(**params)
+    if fn is not None:
+        return guard(fn, layer)
+
+    def decorate(func: F) -> F:
+        return guard(func, layer)
+
+    return decorate
