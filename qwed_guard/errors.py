@@ -10,7 +10,15 @@ from qwed_guard.outcomes import Outcome
 if TYPE_CHECKING:
     from qwed_guard.context import Attempt
 
-__all__ = ["AuditError", "FallbackError", "PolicyError", "QwedGuardError", "VerificationFailed"]
+__all__ = [
+    "AuditError",
+    "FallbackError",
+    "ParameterError",
+    "PolicyError",
+    "QwedGuardError",
+    "VerificationFailed",
+    "bad_parameter",
+]
 
 
 class QwedGuardError(Exception):
@@ -60,3 +68,21 @@ class PolicyError(QwedGuardError, ValueError):
 
 class AuditError(QwedGuardError):
     """The audit sink could not record a call; raised so no unaudited result is returned."""
+
+
+class ParameterError(QwedGuardError, ValueError):
+    """A decorator argument is invalid; `param` names it so a policy can report its path."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        self.param = param
+        self.problem = problem
+        super().__init__(f"{param}: {problem}")
+
+
+class ParameterTypeError(ParameterError, TypeError):
+    """A decorator argument has the wrong type."""
+
+
+def bad_parameter(param: str, problem: str, *, wrong_type: bool = False) -> ParameterError:
+    """The error to raise at decoration time for a bad argument (`raise bad_parameter(...)`)."""
+    return (ParameterTypeError if wrong_type else ParameterError)(param, problem)

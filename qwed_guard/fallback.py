@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, overload
 
 from qwed_guard.context import FALLBACK_USED, CallContext
-from qwed_guard.errors import AuditError, FallbackError, PolicyError, VerificationFailed
+from qwed_guard.errors import (
+    AuditError,
+    FallbackError,
+    PolicyError,
+    VerificationFailed,
+    bad_parameter,
+)
 from qwed_guard.layer import Layer, call_diagnosis, guard
 from qwed_guard.outcomes import Diagnosis, Outcome
 
@@ -66,9 +72,11 @@ class FallbackLayer(Layer):
 
     def __init__(self, *, value: Any = _UNSET, handler: Handler | None = None) -> None:
         if (value is _UNSET) == (handler is None):
-            raise ValueError("fallback needs exactly one of value=... or handler=...")
+            raise bad_parameter("value", "give exactly one of value=... or handler=...")
         if handler is not None and not callable(handler):
-            raise TypeError(f"fallback handler must be callable, got {type(handler).__name__}")
+            raise bad_parameter(
+                "handler", f"must be callable, got {type(handler).__name__}", wrong_type=True
+            )
         self.value = None if value is _UNSET else value
         self.handler = handler
         self._handler_is_async = handler is not None and inspect.iscoroutinefunction(handler)

@@ -15,7 +15,7 @@ import backoff
 
 from qwed_guard import clock
 from qwed_guard.context import GAVE_UP, RETRY_SCHEDULED, CallContext
-from qwed_guard.errors import VerificationFailed
+from qwed_guard.errors import VerificationFailed, bad_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard
 from qwed_guard.outcomes import Classifier, Diagnosis, Outcome
 
@@ -45,11 +45,13 @@ def _parse_retry_on(retry_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
             outcome = Outcome(item)
         except ValueError:
             names = ", ".join(sorted(o.value for o in _RETRYABLE))
-            raise ValueError(f"retry_on: unknown outcome {item!r}; choose from {names}") from None
+            raise bad_parameter(
+                "retry_on", f"unknown outcome {item!r}; choose from {names}"
+            ) from None
         if outcome not in _RETRYABLE:
-            raise ValueError(
-                f"retry_on: {outcome.value} outcomes are never retried "
-                f"(choose from {', '.join(sorted(o.value for o in _RETRYABLE))})"
+            names = ", ".join(sorted(o.value for o in _RETRYABLE))
+            raise bad_parameter(
+                "retry_on", f"{outcome.value} outcomes are never retried (choose from {names})"
             )
         chosen.add(outcome)
     return frozenset(chosen)
@@ -59,9 +61,9 @@ def _non_negative(name: str, value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
     if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise bad_parameter(name, f"must be >= 0, got {value}")
 
 
 class RetryLayer(Layer):
@@ -83,29 +85,39 @@ class RetryLayer(Layer):
         classifier: Classifier | None = None,
     ) -> None:
         if isinstance(max_tries, bool) or not isinstance(max_tries, int):
-            raise TypeError(f"max_tries must be an int, got {type(max_tries).__name__}")
+            raise bad_parameter(
+                "max_tries", f"must be an int, got {type(max_tries).__name__}", wrong_type=True
+            )
         if max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+            raise bad_parameter("max_tries", f"must be >= 1, got {max_tries}")
         for name, value in (("base", base), ("factor", factor), ("max_delay", max_delay)):
             _non_negative(name, value)
         if factor < 1:
-            raise ValueError(f"factor must be >= 1, got {factor}")
+            raise bad_parameter("factor", f"must be >= 1, got {factor}")
         _non_negative("max_time", max_time)
         if max_reasks is not None:
             if isinstance(max_reasks, bool) or not isinstance(max_reasks, int):
-                raise TypeError(f"max_reasks must be an int, got {type(max_reasks).__name__}")
+                raise bad_parameter(
+                    "max_reasks",
+                    f"must be an int, got {type(max_reasks).__name__}",
+                    wrong_type=True,
+                )
             if max_reasks < 0:
-                raise ValueError(f"max_reasks must be >= 0, got {max_reasks}")
+                raise bad_parameter("max_reasks", f"must be >= 0, got {max_reasks}")
         if isinstance(jitter, str):
             if jitter not in _JITTERS:
-                raise ValueError(f"jitter must be one of {sorted(_JITTERS)}, a callable or None")
+                raise bad_parameter(
+                    "jitter", f"must be one of {sorted(_JITTERS)}, a callable or None"
+                )
             jitter_fn: Jitter | None = _JITTERS[jitter]
         elif jitter is None or callable(jitter):
             jitter_fn = jitter
         else:
-            raise TypeError(f"jitter must be a name, a callable or None, got {jitter!r}")
+            raise bad_parameter(
+                "jitter", f"must be a name, a callable or None, got {jitter!r}", wrong_type=True
+            )
         if classifier is not None and not callable(classifier):
-            raise TypeError("classifier must be callable")
+            raise bad_parameter("classifier", "must be callable", wrong_type=True)
         self.max_tries = max_tries
         self.base = float(base)
         self.factor = float(factor)
