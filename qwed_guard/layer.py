@@ -46,6 +46,15 @@ class Layer(abc.ABC):
         """A one-line, human-readable account of this layer and its parameters."""
         return self.kind
 
+    def bind(self, fn: Callable[..., Any], name: str) -> Layer:
+        """The layer to use for one decorated function (`name` is its qualified name).
+
+        Stateless layers return themselves; a layer with per-function state (alert counters,
+        a breaker, the audit trail's query inference) returns its own copy for `fn`, so one
+        decorator applied to two functions never mixes their state.
+        """
+        return self
+
 
 def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, result: Any) -> Attempt:
     """Report how an attempt ended; also used by layers that end an attempt without a call."""
@@ -220,6 +229,7 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
         below = fn if type(fn) is GuardedFunction else None
         innermost = below is None
         name = _function_name(fn)
+        layer = layer.bind(fn, name)
         if inspect.iscoroutinefunction(fn):
             wrapper = _async_wrapper(layer, innermost, name)
         else:
