@@ -30,7 +30,9 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 notebooks: $(STAMP)
-	$(BIN)/pytest -q --nbmake notebooks
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(BIN)/pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=120 notebooks; \
+	else echo "no notebooks yet"; fi
 
 test: lint typecheck pytest notebooks
 

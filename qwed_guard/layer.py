@@ -143,7 +143,8 @@ def _sync_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any
         ctx = _current.get()
         owner = ctx is None or ctx.in_user_code
         if owner:
-            ctx = open_call(name, args, kwargs)
+            # The context sees the arguments as the caller wrote them, `self` included.
+            ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
         if innermost:
@@ -173,7 +174,8 @@ def _async_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., An
         ctx = _current.get()
         owner = ctx is None or ctx.in_user_code
         if owner:
-            ctx = open_call(name, args, kwargs)
+            # The context sees the arguments as the caller wrote them, `self` included.
+            ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
         if innermost:

@@ -1,0 +1,102 @@
+"""The `qwed-guard` command: demo, sim, audit and policy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must be in [0, 1], got {value:g}")
+    return value
+
+
+_RATE_FLAGS = ("error_5xx", "rate_limit", "quota", "unauthorized", "wrong_answer", "unevaluable")
+
+
+def _add_rate_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fault rates on top of the profile, each in [0, 1]")
+    for name in _RATE_FLAGS:
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_rate, default=None)
+
+
+def _rates(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in _RATE_FLAGS if getattr(args, name) is not None}
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from qwed_guard.demo import DemoError, print_summary, run_demo
+
+    try:
+        summary = run_demo(
+            n=args.n,
+            profile=args.profile,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env=args.api_key_env,
+            rates=_rates(args),
+            progress=sys.stderr.isatty(),
+        )
+    except DemoError as exc:
+        print(f"qwed-guard demo: error: {exc}", file=sys.stderr)
+        return 2
+    where = args.base_url or f"simulator, profile {args.profile}, seed {args.seed}"
+    print_summary(summary, f"qwed-guard demo: {summary.calls} questions ({where})")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from qwed_guard.sim import run_sim_cli
+
+    return run_sim_cli(args.port, args.profile, args.seed, duration=args.duration, **_rates(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwed-guard", description="Retry, fallback, alerts and audit around QWED."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the production stack on the embedded simulator")
+    demo.add_argument("--n", type=int, default=200, help="questions to verify (default 200)")
+    demo.add_argument("--profile", default="flaky", help="simulator profile (default flaky)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
+    demo.add_argument("--base-url", help="a real OpenAI-compatible endpoint instead of the sim")
+    demo.add_argument("--model", help="model name at --base-url")
+    demo.add_argument(
+        "--api-key-env", help="environment variable holding the endpoint's API key (never a flag)"
+    )
+    _add_rate_flags(demo)
+    demo.set_defaults(run=_demo)
+
+    sim = commands.add_parser("sim", help="serve the OpenAI-compatible simulator")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--profile", default="healthy")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _add_rate_flags(sim)
+    sim.set_defaults(run=_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
