@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from qwed_guard import clock
@@ -38,7 +39,7 @@ BREAKER_CHANGED = "breaker_changed"
 ALERT_SENT = "alert_sent"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """One try at the guarded function, as retry and the audit trail report it."""
 
@@ -53,7 +54,7 @@ class Attempt:
     """The HTTP status behind a failure, when the guarded client saw it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """Something a layer did during a call."""
 
@@ -65,48 +66,97 @@ class Event:
 
 Listener = Callable[[Event], None]
 
-_call_ids = itertools.count(1)
-_process_tag = f"{os.getpid():x}"
+_call_numbers = itertools.count(1)
+_process_tag = ""
 
 
-def _new_call_id() -> str:
-    # Unique within the process and across processes sharing a trail; cheap to make.
-    return f"{_process_tag}-{clock.wall():.0f}-{next(_call_ids)}"
+def _reset_process_tag() -> None:
+    # Call ids must stay unique across processes appending to one trail, forks included.
+    global _process_tag
+    _process_tag = f"{os.getpid():x}{int(time.time() * 1000):x}"
 
 
-@dataclass(slots=True, eq=False)
+_reset_process_tag()
+os.register_at_fork(after_in_child=_reset_process_tag)
+
+
 class CallContext:
-    """Everything one guarded call accumulates on its way through the layers."""
+    """Everything one guarded call accumulates on its way through the layers.
 
-    function: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-    call_id: str = field(default_factory=_new_call_id)
-    started: float = field(default_factory=clock.monotonic)
-    events: list[Event] = field(default_factory=list)
-    listeners: list[Listener] = field(default_factory=list)
-    attempts: list[Attempt] = field(default_factory=list)
-    fields: dict[str, Any] = field(default_factory=dict)
-    """Extra audit fields: `audit_context(...)` values and decorator-given context."""
-    attempt: int = 1
-    """The number of the attempt running now (retry sets it; 1 without retry)."""
-    wait_before: float = 0.0
-    wire: WireFailure | None = None
-    """The last failing HTTP response of the current attempt, recorded by the guarded client."""
-    last: Diagnosis | None = None
-    """How the last attempt ended."""
-    last_result: Any = None
-    classifier: Classifier | None = None
-    policy_hash: str | None = None
-    in_user_code: bool = False
-    """True while the wrapped function runs: a guarded call made from inside it is its own call."""
+    A plain slotted class on purpose: one is made per call, on the success path too.
+    """
+
+    __slots__ = (
+        "_call_id",
+        "args",
+        "attempt",
+        "attempts",
+        "classifier",
+        "events",
+        "fields",
+        "function",
+        "in_user_code",
+        "kwargs",
+        "last",
+        "last_result",
+        "listeners",
+        "number",
+        "policy_hash",
+        "started",
+        "wait_before",
+        "wire",
+    )
+
+    def __init__(self, function: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+        self.number = next(_call_numbers)
+        self._call_id: str | None = None
+        self.started = clock.monotonic()
+        self.listeners: list[Listener] = []
+        self.events: list[Event] | None = None
+        """Every event of the call, kept only after `keep_events()` (tests, debugging)."""
+        self.attempts: list[Attempt] = []
+        self.fields: dict[str, Any] = {}
+        """Extra audit fields: `audit_context(...)` values and decorator-given context."""
+        self.attempt = 1
+        """The number of the attempt running now (retry sets it; 1 without retry)."""
+        self.wait_before = 0.0
+        self.wire: WireFailure | None = None
+        """The last failing HTTP response of the current attempt, recorded by the client."""
+        self.last: Diagnosis | None = None
+        """How the last attempt ended."""
+        self.last_result: Any = None
+        self.classifier: Classifier | None = None
+        self.policy_hash: str | None = None
+        self.in_user_code = False
+        """True while the wrapped function runs: a guarded call made inside it is its own."""
+
+    @property
+    def call_id(self) -> str:
+        """Unique across processes and restarts; made only when someone asks for it."""
+        if self._call_id is None:
+            self._call_id = f"{_process_tag}-{self.number:x}"
+        return self._call_id
+
+    def keep_events(self) -> list[Event]:
+        """Start keeping this call's events in `events` (from now on) and return the list."""
+        if self.events is None:
+            self.events = []
+        return self.events
 
     def emit(self, kind: str, **data: Any) -> None:
-        """Report an event: kept on the context and handed to every listener at once."""
-        event = Event(kind, clock.wall(), self.attempt, data)
-        self.events.append(event)
-        for listener in self.listeners:
-            listener(event)
+        """Report an event to every listener (the audit trail, metrics) at once.
+
+        Nothing is built when nobody listens: most calls are unaudited successes.
+        """
+        if self.listeners or self.events is not None:
+            event = Event(kind, clock.wall(), self.attempt, data)
+            if self.events is not None:
+                self.events.append(event)
+            for listener in self.listeners:
+                listener(event)
 
 
 _current: ContextVar[CallContext | None] = ContextVar("qwed_guard_call", default=None)

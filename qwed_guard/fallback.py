@@ -31,7 +31,7 @@ _UNSET: Any = object()
 _NEVER_FALL_BACK = (AuditError, PolicyError, FallbackError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GuardedResult:
     """What a call under `@fallback` returns: QWED's fields plus where the value came from."""
 

@@ -206,7 +206,7 @@ class RetryLayer(Layer):
 
     def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
         deadline, previous_classifier = self._begin(ctx)
-        waits = self._waits()
+        waits: Generator[float, None, None] | None = None
         reasks = 0
         try:
             while True:
@@ -220,6 +220,8 @@ class RetryLayer(Layer):
                 if exc is None and diagnosis.outcome is Outcome.VERIFIED:
                     return result
                 reasks += diagnosis.outcome in _REASKS
+                if waits is None:
+                    waits = self._waits()  # made on the first failure only
                 step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
                 if isinstance(step, str):
                     raise self._give_up(ctx, step, result, exc) from exc
@@ -232,7 +234,7 @@ class RetryLayer(Layer):
 
     async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
         deadline, previous_classifier = self._begin(ctx)
-        waits = self._waits()
+        waits: Generator[float, None, None] | None = None
         reasks = 0
         try:
             while True:
@@ -246,6 +248,8 @@ class RetryLayer(Layer):
                 if exc is None and diagnosis.outcome is Outcome.VERIFIED:
                     return result
                 reasks += diagnosis.outcome in _REASKS
+                if waits is None:
+                    waits = self._waits()  # made on the first failure only
                 step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
                 if isinstance(step, str):
                     raise self._give_up(ctx, step, result, exc) from exc
