@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -24,9 +24,17 @@ _RATE_FLAGS = ("error_5xx", "rate_limit", "quota", "unauthorized", "wrong_answer
 
 
 def _add_rate_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("fault rates on top of the profile, each in [0, 1]")
+    group = parser.add_argument_group("simulator faults on top of the profile")
     for name in _RATE_FLAGS:
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_rate, default=None)
+        flag = f"--{name.replace('_', '-')}"
+        group.add_argument(flag, dest=name, type=_rate, default=None, metavar="RATE")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any simulator option, e.g. --set latency=0.2 --set outage_after_requests=50",
+    )
 
 
 def _rates(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,6 +44,9 @@ def _rates(args: argparse.Namespace) -> dict[str, Any]:
 def _demo(args: argparse.Namespace) -> int:
     from qwed_guard.demo import DemoError, print_summary, run_demo
 
+    options = _sim_options(args, "demo")
+    if options is None:
+        return 2
     try:
         summary = run_demo(
             n=args.n,
@@ -45,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
             base_url=args.base_url,
             model=args.model,
             api_key_env=args.api_key_env,
-            rates=_rates(args),
+            rates=options,
             progress=sys.stderr.isatty(),
         )
     except DemoError as exc:
@@ -56,17 +67,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_options(args: argparse.Namespace, command: str) -> dict[str, Any] | None:
+    from qwed_guard.sim import parse_sim_options
+
+    try:
+        return {**_rates(args), **parse_sim_options(args.set)}
+    except ValueError as exc:
+        print(f"qwed-guard {command}: error: {exc}", file=sys.stderr)
+        return None
+
+
 def _sim(args: argparse.Namespace) -> int:
     from qwed_guard.sim import run_sim_cli
 
-    return run_sim_cli(args.port, args.profile, args.seed, duration=args.duration, **_rates(args))
+    options = _sim_options(args, "sim")
+    if options is None:
+        return 2
+    return run_sim_cli(args.port, args.profile, args.seed, duration=args.duration, **options)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qwed-guard", description="Retry, fallback, alerts and audit around QWED."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     demo = commands.add_parser("demo", help="run the production stack on the embedded simulator")
     demo.add_argument("--n", type=int, default=200, help="questions to verify (default 200)")

@@ -7,16 +7,21 @@
     assert clock.waits == [1.0, 2.0]
 
 The module is also a pytest plugin (registered by the package): the `fake_clock` fixture runs a
-test in testing mode and hands it the clock.
+test in testing mode and hands it the clock; `simulated_llm` runs an OpenAI-compatible simulator
+for the test (`@pytest.mark.sim(profile="flaky", seed=7)` configures it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from qwed_guard import clock as _clock
 from qwed_guard.clock import FakeClock
+
+if TYPE_CHECKING:
+    from qwed_guard.sim import SimulatedLLM
 
 __all__ = ["FakeClock", "fake_time", "is_testing"]
 
@@ -42,6 +47,18 @@ try:
 except ImportError:  # pragma: no cover - pytest is only needed for the fixtures
     pass
 else:
+
+    @pytest.fixture(name="simulated_llm")
+    def _simulated_llm_fixture(request: pytest.FixtureRequest) -> Iterator[SimulatedLLM]:
+        """A running simulator; configure it with `@pytest.mark.sim(profile=..., script=[...])`."""
+        from qwed_guard.sim import SimulatedLLM
+
+        marker = request.node.get_closest_marker("sim")
+        with SimulatedLLM(**(marker.kwargs if marker else {})) as llm:
+            yield llm
+
+    def pytest_configure(config: pytest.Config) -> None:
+        config.addinivalue_line("markers", "sim(**options): options for the simulated_llm fixture")
 
     @pytest.fixture(name="fake_clock")
     def _fake_clock_fixture() -> Iterator[FakeClock]:

@@ -168,3 +168,12 @@ def test_sdk_retries_multiply_requests_unless_turned_off(fake_clock: FakeClock) 
         with pytest.raises(VerificationFailed):
             theirs("What is 2 + 2?")
         assert _requests(llm) == 6
+
+
+@pytest.mark.sim(script=["503"])
+def test_simulated_llm_fixture_serves_the_marked_script(
+    simulated_llm: SimulatedLLM, fake_clock: FakeClock
+) -> None:
+    verify = _verifier(_guarded(simulated_llm.base_url, simulated_llm.model), jitter=None)
+    assert verify("What is 2 + 2?").verified
+    assert simulated_llm.stats()["replies"]["error_503"] == 1
