@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 
 export QWED_QUIET := 1
 
-.PHONY: venv demo test lint typecheck pytest notebooks clean
+.PHONY: venv demo test lint typecheck pytest notebooks services services-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,fleet]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,6 +35,13 @@ notebooks: $(STAMP)
 	else echo "no notebooks yet"; fi
 
 test: lint typecheck pytest notebooks
+
+# Local Redis and PostgreSQL on 127.0.0.1 for the fleet tests (installed from Debian if missing).
+services:
+	bash scripts/services.sh start
+
+services-stop:
+	bash scripts/services.sh stop
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 from qwed_guard import fallback, guarded_client, retry
 
-client = guarded_client(base_url="http://127.0.0.1:8000/v1", model="sim")
+client = guarded_client(base_url="http://127.0.0.1:8000/v1", model="qwed-sim")
 
 @fallback(value=100.0)
 @retry(max_tries=3)
@@ -10,6 +10,9 @@ def interest(query: str):
     return client.verify_math(query)
 """
 
+from qwed_guard.alerts import Alert, alert_on_failures
+from qwed_guard.audit import audited
+from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
 from qwed_guard.client import guarded_client
 from qwed_guard.context import Attempt, audit_context
 from qwed_guard.errors import (
@@ -21,23 +24,34 @@ from qwed_guard.errors import (
 )
 from qwed_guard.fallback import Failure, GuardedResult, fallback
 from qwed_guard.outcomes import Diagnosis, Outcome, classify, diagnose
+from qwed_guard.policy import Policy
 from qwed_guard.retry import retry
+from qwed_guard.timeout import AttemptTimeout, attempt_timeout
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Alert",
     "Attempt",
+    "AttemptTimeout",
     "AuditError",
+    "BreakerState",
+    "CircuitOpen",
     "Diagnosis",
     "Failure",
     "FallbackError",
     "GuardedResult",
     "Outcome",
+    "Policy",
     "PolicyError",
     "QwedGuardError",
     "VerificationFailed",
     "__version__",
+    "alert_on_failures",
+    "attempt_timeout",
     "audit_context",
+    "audited",
+    "circuit_breaker",
     "classify",
     "diagnose",
     "fallback",

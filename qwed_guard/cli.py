@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     _add_rate_flags(sim)
     sim.set_defaults(run=_sim)
+
+    from qwed_guard.alerts.cli import register as register_alerts
+    from qwed_guard.audit.cli import register as register_audit
+    from qwed_guard.policy.cli import register as register_policy
+
+    register_audit(commands)
+    register_policy(commands)
+    register_alerts(commands)
     return parser
 
 

@@ -63,7 +63,14 @@ class FallbackError(QwedGuardError):
 
 
 class PolicyError(QwedGuardError, ValueError):
-    """A policy (or decorator arguments given as data) is invalid; the message names each field."""
+    """A policy (or decorator arguments given as data) is invalid; the message names each field.
+
+    `errors` lists every problem found, one `dotted.path: why` line each.
+    """
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        self.errors: tuple[str, ...] = tuple(errors) or (message,)
+        super().__init__(message)
 
 
 class AuditError(QwedGuardError):

@@ -136,7 +136,9 @@ def _function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _sync_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any]:
+def _sync_wrapper(
+    layer: Layer, innermost: bool, name: str, policy_hash: str | None = None
+) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -147,6 +149,8 @@ def _sync_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any
             ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
+        if policy_hash is not None:
+            ctx.policy_hash = policy_hash
         if innermost:
             call_ctx = ctx
 
@@ -167,7 +171,9 @@ def _sync_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any
     return wrapper
 
 
-def _async_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., Any]:
+def _async_wrapper(
+    layer: Layer, innermost: bool, name: str, policy_hash: str | None = None
+) -> Callable[..., Any]:
     async def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -178,6 +184,8 @@ def _async_wrapper(layer: Layer, innermost: bool, name: str) -> Callable[..., An
             ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
+        if policy_hash is not None:
+            ctx.policy_hash = policy_hash
         if innermost:
             call_ctx = ctx
 
@@ -225,7 +233,9 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
 
     __bound_function_wrapper__ = _BoundGuardedFunction
 
-    def __init__(self, fn: Callable[..., Any], layer: Layer) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], layer: Layer, *, policy_hash: str | None = None
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"@{layer.kind} decorates a callable, got {type(fn).__name__}")
         below = fn if type(fn) is GuardedFunction else None
@@ -233,9 +243,9 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
         name = _function_name(fn)
         layer = layer.bind(fn, name)
         if inspect.iscoroutinefunction(fn):
-            wrapper = _async_wrapper(layer, innermost, name)
+            wrapper = _async_wrapper(layer, innermost, name, policy_hash)
         else:
-            wrapper = _sync_wrapper(layer, innermost, name)
+            wrapper = _sync_wrapper(layer, innermost, name, policy_hash)
         super().__init__(fn, wrapper)
         self._self_layer = layer
         self._self_below = below
@@ -272,6 +282,9 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
         return getattr(layer, "breaker")  # noqa: B009 - the breaker module defines it
 
 
-def guard(fn: F, layer: Layer) -> F:
-    """Wrap `fn` in `layer`, keeping its type for the type checker."""
-    return GuardedFunction(fn, layer)  # type: ignore[return-value]
+def guard(fn: F, layer: Layer, *, policy_hash: str | None = None) -> F:
+    """Wrap `fn` in `layer`, keeping its type for the type checker.
+
+    `policy_hash` (given by a Policy to its outermost layer) is stamped on every call's context.
+    """
+    return GuardedFunction(fn, layer, policy_hash=policy_hash)  # type: ignore[return-value]

@@ -268,7 +268,7 @@ def parse_retry_after(
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"), "sk-***"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer ***"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@]*:[^/\s@]+@"), r"\1***@"),
     (re.compile(r"(https://hooks\.slack\.com/services/)[^\s\"'<>]+"), r"\1***"),
     (re.compile(r"(https://[^\s\"'<>]*/(?:webhooks?|hooks)/)[^\s\"'<>]+"), r"\1***"),
     (

@@ -30,6 +30,8 @@ DEFAULT_RETRY_ON: frozenset[Outcome] = frozenset(
 )
 _RETRYABLE = DEFAULT_RETRY_ON
 _REASKS = frozenset({Outcome.REFUTED, Outcome.UNVERIFIABLE})
+MAX_TRIES_LIMIT = 100
+"""More tries than this is a misconfiguration (and would overflow the backoff schedule)."""
 _JITTERS: dict[str, Jitter] = {
     "full": backoff.full_jitter,
     "random": backoff.random_jitter,
@@ -39,6 +41,11 @@ _JITTERS: dict[str, Jitter] = {
 def _parse_retry_on(retry_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
     if isinstance(retry_on, str):
         retry_on = [retry_on]
+    if not isinstance(retry_on, Iterable):
+        got = type(retry_on).__name__
+        raise bad_parameter(
+            "retry_on", f"must be a list of outcome names, got {got}", wrong_type=True
+        )
     chosen: set[Outcome] = set()
     for item in retry_on:
         try:
@@ -90,6 +97,8 @@ class RetryLayer(Layer):
             )
         if max_tries < 1:
             raise bad_parameter("max_tries", f"must be >= 1, got {max_tries}")
+        if max_tries > MAX_TRIES_LIMIT:
+            raise bad_parameter("max_tries", f"must be <= {MAX_TRIES_LIMIT}, got {max_tries}")
         for name, value in (("base", base), ("factor", factor), ("max_delay", max_delay)):
             _non_negative(name, value)
         if factor < 1:
@@ -104,6 +113,8 @@ class RetryLayer(Layer):
                 )
             if max_reasks < 0:
                 raise bad_parameter("max_reasks", f"must be >= 0, got {max_reasks}")
+        if jitter == "none":  # TOML has no null: a policy file spells "no jitter" this way
+            jitter = None
         if isinstance(jitter, str):
             if jitter not in _JITTERS:
                 raise bad_parameter(

@@ -65,13 +65,26 @@ class MemoryStore:
 
 
 def store_from_url(url: str | StateStore | None) -> StateStore:
-    """A store from plain data: None or `"memory:"` for a new in-process store, or a store."""
+    """A store from plain data: None or `"memory:"` for a new in-process store, a `redis://`
+    URL for the process's shared `RedisStore` of that URL, or a store."""
     if url is None or url == "memory:":
         return MemoryStore()
     if isinstance(url, StateStore):
         return url
+    if isinstance(url, str) and url.startswith(("redis://", "rediss://")):
+        # Imported here: redis is an optional dependency (extra "fleet").
+        try:
+            from qwed_guard.state_redis import redis_store
+        except ImportError as error:
+            raise ValueError(
+                f"state: redis:// needs the redis package ({error}); "
+                "install it with: pip install 'qwed-guard[fleet]'"
+            ) from None
+        return redis_store(url)
     if isinstance(url, str):
-        raise ValueError(f"state: unsupported store URL {url!r} (supported: 'memory:')")
+        raise ValueError(
+            f"state: unsupported store URL {url!r} (supported: 'memory:', 'redis://...')"
+        )
     raise TypeError(f"state: expected a URL or a StateStore, got {type(url).__name__}")
 
 

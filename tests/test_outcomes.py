@@ -154,6 +154,7 @@ def test_parse_retry_after_forms() -> None:
         ("Incorrect API key provided: sk-proj-abcdefghijklmnop", "sk-proj-abcdefghijklmnop"),
         ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "eyJhbGciOiJIUzI1NiJ9"),
         ("posting to https://user:hunter2@example.test/x failed", "hunter2"),
+        ("state at redis://:hunter22@cache:6379/0 unreachable", "hunter22"),
         ("slack https://hooks.slack.com/services/T000/B000/XXXXSECRET", "XXXXSECRET"),
         ("https://example.test/cb?token=abc123secret&x=1", "abc123secret"),
         ('{"routing_key": "0123456789abcdef0123456789abcdef"}', "0123456789abcdef"),

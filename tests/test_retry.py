@@ -303,6 +303,8 @@ async def test_tasks_do_not_share_attempt_state(fake_clock: FakeClock) -> None:
     ("kwargs", "error", "message"),
     [
         ({"max_tries": 0}, ValueError, "max_tries: must be >= 1, got 0"),
+        ({"max_tries": 10_000}, ValueError, "max_tries: must be <= 100, got 10000"),
+        ({"retry_on": 5}, TypeError, "retry_on: must be a list of outcome names, got int"),
         ({"max_tries": 2.5}, TypeError, "max_tries: must be an int"),
         ({"base": -1}, ValueError, "base: must be >= 0"),
         ({"max_delay": -0.5}, ValueError, "max_delay: must be >= 0"),
@@ -319,6 +321,12 @@ def test_bad_arguments_fail_at_decoration(
 ) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(")):
         retry(**kwargs)
+
+
+def test_jitter_none_can_be_spelled_as_data(fake_clock: FakeClock) -> None:
+    verify = retry(jitter="none")(Script(failed(OVERLOADED), ok()))
+    verify("q")
+    assert fake_clock.waits == [1.0]
 
 
 def test_bare_decorator_and_describe() -> None:

@@ -1,0 +1,455 @@
+"""`@alert_on_failures`: one alert when failures start, rare reminders, one notice at recovery.
+
+Every decision is made by `decide`, a pure function of the stored state, the call's outcome and
+the time, run inside the state store's atomic `update`. So the in-memory store (a lock) and a
+shared store for many processes (an optimistic transaction) give the same answers, and eight
+threads failing at once still raise exactly one alert.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeVar, overload
+
+from qwed_guard import clock
+from qwed_guard.alerts.channels import Channel, build_channels
+from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT
+from qwed_guard.alerts.delivery import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_DELAYS, Worker
+from qwed_guard.alerts.record import Alert, AlertHistory, AlertKind, Reason, rfc3339
+from qwed_guard.context import ALERT_SENT, CallContext
+from qwed_guard.errors import bad_parameter
+from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.outcomes import Diagnosis, Outcome, scrub
+from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+
+__all__ = ["DEFAULT_STORE", "AlertLayer", "Decision", "Rules", "alert_on_failures", "decide"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_STORE = MemoryStore()
+"""The store behind `state=None` / `"memory:"`: one per process, so `key=` groups functions."""
+DEFAULT_REPEAT_INTERVAL = 3600.0
+DEFAULT_RATE_WINDOW = 20
+_DEDUP_PREFIX = "qwed-guard:"
+_STATE_PREFIX = "alerts:"
+_ERROR_IN_MESSAGE = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """When to alert; the parameters `decide` needs, nothing else."""
+
+    threshold: int = 5
+    repeat_interval: float | None = DEFAULT_REPEAT_INTERVAL
+    resolve: bool = True
+    alert_on_permanent: bool = True
+    rate_threshold: float | None = None
+    rate_window: int = DEFAULT_RATE_WINDOW
+    min_calls: int = DEFAULT_RATE_WINDOW
+
+
+class Decision(TypedDict):
+    """What `decide` asks the layer to send."""
+
+    kind: AlertKind
+    reason: Reason
+    failures: int
+    since: float | None
+    """Wall time of the streak's first failure."""
+    rate: float | None
+    window: int
+
+
+def decide(
+    state: State | None, *, failed: bool, permanent: bool, now: float, rules: Rules
+) -> tuple[State | None, Decision | None]:
+    """The next state and the alert to send (if any) after one call. Pure: it may run twice.
+
+    State (JSON-able): `failures` in a row, `since` (first failure of the streak), `open` (an
+    alert was sent and not resolved), `reason` and `last_sent` of the open alert, and `window`
+    (recent calls, 1 = failed) when the rate window is on. No state at all means healthy.
+    """
+    if state is None and not failed and rules.rate_threshold is None:
+        return None, None  # the hot path: healthy and staying healthy
+    s: State = state or {}
+    failures = int(s.get("failures", 0))
+    since: float | None = s.get("since")
+    is_open = bool(s.get("open", False))
+    reason: Reason | None = s.get("reason") if is_open else None
+    last_sent: float | None = s.get("last_sent") if is_open else None
+    window: list[int] = []
+    rate: float | None = None
+    rate_tripped = False
+    if rules.rate_threshold is not None:
+        window = [*s.get("window", ()), 1 if failed else 0][-rules.rate_window :]
+        rate = sum(window) / len(window)
+        rate_tripped = len(window) >= rules.min_calls and rate >= rules.rate_threshold
+
+    decision: Decision | None = None
+    if failed:
+        failures += 1
+        since = since if since is not None and failures > 1 else now
+        if not is_open:
+            if permanent and rules.alert_on_permanent:
+                reason = "permanent"
+            elif failures >= rules.threshold:
+                reason = "consecutive"
+            elif rate_tripped:
+                reason = "rate"
+            if reason is not None:
+                is_open, last_sent = True, now
+                decision = Decision(
+                    kind="triggered",
+                    reason=reason,
+                    failures=failures,
+                    since=since,
+                    rate=rate,
+                    window=len(window),
+                )
+        elif (
+            rules.repeat_interval is not None
+            and last_sent is not None
+            and now - last_sent >= rules.repeat_interval
+        ):
+            last_sent = now
+            assert reason is not None
+            decision = Decision(
+                kind="repeat",
+                reason=reason,
+                failures=failures,
+                since=since,
+                rate=rate,
+                window=len(window),
+            )
+    else:
+        # A rate alert stays open while the rate is still over the threshold: flapping calls
+        # succeed now and then, and must not resolve and re-trigger on every success.
+        if is_open and (reason != "rate" or not rate_tripped):
+            assert reason is not None
+            if rules.resolve:
+                decision = Decision(
+                    kind="resolved",
+                    reason=reason,
+                    failures=failures,
+                    since=since,
+                    rate=rate,
+                    window=len(window),
+                )
+            is_open, reason, last_sent = False, None, None
+        failures, since = 0, None
+
+    if not is_open and failures == 0 and rules.rate_threshold is None:
+        return None, decision  # healthy: nothing to keep (the rate window keeps its successes)
+    new: State = {"failures": failures, "since": since, "open": is_open}
+    if is_open:
+        new["reason"], new["last_sent"] = reason, last_sent
+    if rules.rate_threshold is not None:
+        new["window"] = window
+    return new, decision
+
+
+def _message(
+    key: str, decision: Decision, rules: Rules, outcome: Outcome, error: str | None
+) -> str:
+    last = f"last outcome: {outcome}"
+    if error:
+        short = error if len(error) <= _ERROR_IN_MESSAGE else error[: _ERROR_IN_MESSAGE - 3] + "..."
+        last += f": {short}"
+    rate = decision["rate"]
+    rate_text = (
+        f"{rate:.0%} of the last {decision['window']} calls failed" if rate is not None else ""
+    )
+    n = decision["failures"]
+    calls = f"{n} consecutive failure{'s' if n != 1 else ''}"
+    kind, reason = decision["kind"], decision["reason"]
+    if kind == "resolved":
+        if reason == "rate":
+            return f"{key}: recovered, {rate_text}"
+        return f"{key}: recovered after {calls}"
+    if reason == "permanent":
+        what = "permanent failure, retrying cannot help"
+    elif reason == "rate":
+        assert rules.rate_threshold is not None
+        what = f"{rate_text} (threshold {rules.rate_threshold:.0%})"
+    else:
+        what = calls
+    if kind == "repeat":
+        since = decision["since"]
+        started = f" since {rfc3339(since)}" if since is not None else ""
+        what = f"still failing{started}: {calls}" + (f", {rate_text}" if rate_text else "")
+    return f"{key}: {what} ({last})"
+
+
+def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
+    if value < 0:
+        raise bad_parameter(name, f"must be >= 0, got {value}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
+    if value < minimum:
+        raise bad_parameter(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise bad_parameter(name, f"must be true or false, got {value!r}", wrong_type=True)
+    return value
+
+
+def _store(state: str | StateStore | None) -> StateStore:
+    if state is None or state == "memory:":
+        return DEFAULT_STORE
+    try:
+        return store_from_url(state)
+    except (TypeError, ValueError) as exc:
+        problem = str(exc).removeprefix("state: ")
+        raise bad_parameter("state", problem, wrong_type=isinstance(exc, TypeError)) from None
+
+
+class AlertLayer(Layer):
+    """Counts failed calls per key and notifies channels; see `alert_on_failures`."""
+
+    kind = "alert_on_failures"
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 5,
+        notify: Any = ("log",),
+        repeat_interval: float | None = DEFAULT_REPEAT_INTERVAL,
+        key: str | None = None,
+        resolve: bool = True,
+        alert_on_permanent: bool = True,
+        rate_threshold: float | None = None,
+        rate_window: int | None = None,
+        min_calls: int | None = None,
+        state: str | StateStore | None = None,
+        history_size: int = 100,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+    ) -> None:
+        threshold = _integer("threshold", threshold, 1)
+        repeat = _number("repeat_interval", repeat_interval, allow_none=True)
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise bad_parameter("key", "must be a non-empty string")
+        if rate_threshold is not None:
+            rate = _number("rate_threshold", rate_threshold)
+            assert rate is not None
+            if not 0 < rate <= 1:
+                raise bad_parameter("rate_threshold", f"must be in (0, 1], got {rate_threshold}")
+            window = _integer(
+                "rate_window", DEFAULT_RATE_WINDOW if rate_window is None else rate_window, 1
+            )
+            least = _integer("min_calls", window if min_calls is None else min_calls, 1)
+            if least > window:
+                raise bad_parameter("min_calls", f"must be <= rate_window ({window}), got {least}")
+        else:
+            if rate_window is not None or min_calls is not None:
+                name = "rate_window" if rate_window is not None else "min_calls"
+                raise bad_parameter(name, "needs rate_threshold (the failure share that alerts)")
+            rate, window, least = None, DEFAULT_RATE_WINDOW, DEFAULT_RATE_WINDOW
+        channel_timeout = _number("timeout", timeout)
+        if not channel_timeout:
+            raise bad_parameter("timeout", "must be > 0")
+        if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
+            raise bad_parameter("retry_delays", "must be a list of seconds", wrong_type=True)
+        delays = tuple(_number("retry_delays", d) or 0.0 for d in retry_delays)
+        self.rules = Rules(
+            threshold=threshold,
+            repeat_interval=repeat,
+            resolve=_flag("resolve", resolve),
+            alert_on_permanent=_flag("alert_on_permanent", alert_on_permanent),
+            rate_threshold=rate,
+            rate_window=window,
+            min_calls=least,
+        )
+        self.key = key
+        self.store = _store(state)
+        self.channels: list[Channel] = build_channels(notify, channel_timeout)
+        size = _integer("queue_size", queue_size, 1)
+        self.workers = [Worker(c, retry_delays=delays, queue_size=size) for c in self.channels]
+        self.history = AlertHistory(_integer("history_size", history_size, 1))
+        """This function's alerts, most recent last (what `fn.alerts` returns)."""
+
+    # ------------------------------------------------------------------ binding
+
+    def bind(self, fn: Callable[..., Any], name: str) -> AlertLayer:
+        bound = copy.copy(self)
+        bound.key = self.key or name
+        bound.history = AlertHistory(self.history.maxlen)
+        return bound
+
+    def describe(self) -> str:
+        r = self.rules
+        parts = [f"threshold={r.threshold}"]
+        parts.append(
+            f"repeat every {r.repeat_interval:g} s"
+            if r.repeat_interval is not None
+            else "no repeat"
+        )
+        if r.resolve:
+            parts.append("resolve")
+        if r.alert_on_permanent:
+            parts.append("permanent at once")
+        if r.rate_threshold is not None:
+            parts.append(
+                f"rate>={r.rate_threshold:.0%} of {r.rate_window} calls (min {r.min_calls})"
+            )
+        parts.append("notify " + (", ".join(c.name for c in self.channels) or "nobody"))
+        if self.key is not None:
+            parts.append(f"key={self.key}")
+        return "alert_on_failures(" + "; ".join(parts) + ")"
+
+    @property
+    def dedup_key(self) -> str:
+        """The key a trigger and its resolve share, in every process: `qwed-guard:<key>`."""
+        return _DEDUP_PREFIX + (self.key or "")
+
+    def state(self) -> State | None:
+        """The stored counting state of this layer's key (None: healthy, nothing counted)."""
+        return self.store.get(_STATE_PREFIX + (self.key or ""))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait up to `timeout` seconds for this layer's channels to deliver what is pending."""
+        return all(worker.flush(timeout) for worker in self.workers)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Flush, then stop this layer's delivery threads (they restart on the next alert)."""
+        self.flush(timeout)
+        for worker in self.workers:
+            worker.stop(timeout)
+
+    # ------------------------------------------------------------------ calls
+
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        try:
+            result = proceed()
+        except Exception as exc:
+            self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
+            raise
+        diagnosis = call_diagnosis(ctx)
+        self._observe(ctx, diagnosis, failed=diagnosis.outcome is not Outcome.VERIFIED)
+        return result
+
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            result = await proceed()
+        except Exception as exc:
+            self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
+            raise
+        diagnosis = call_diagnosis(ctx)
+        self._observe(ctx, diagnosis, failed=diagnosis.outcome is not Outcome.VERIFIED)
+        return result
+
+    def _observe(self, ctx: CallContext, diagnosis: Diagnosis, *, failed: bool) -> None:
+        key = self.key or ctx.function
+        try:
+            now = clock.wall()
+            change = functools.partial(
+                decide,
+                failed=failed,
+                permanent=diagnosis.outcome is Outcome.PERMANENT,
+                now=now,
+                rules=self.rules,
+            )
+            decision = self.store.update(_STATE_PREFIX + key, change)
+            if decision is not None:
+                self._raise_alert(ctx, key, decision, diagnosis, now)
+        except Exception as exc:  # alerting must never break the call it watches
+            from loguru import logger
+
+            logger.opt(exception=False).error(
+                "{}", scrub(f"alerting for {key} failed: {type(exc).__name__}: {exc}")
+            )
+
+    def _raise_alert(
+        self, ctx: CallContext, key: str, decision: Decision, diagnosis: Diagnosis, now: float
+    ) -> None:
+        resolved = decision["kind"] == "resolved"
+        outcome = Outcome.VERIFIED if resolved else diagnosis.outcome
+        error = None if resolved or not diagnosis.error else scrub(diagnosis.error)
+        alert = Alert(
+            timestamp=rfc3339(now),
+            key=key,
+            kind=decision["kind"],
+            message=_message(key, decision, self.rules, outcome, error),
+            failures=decision["failures"],
+            outcome=outcome,
+            error=error,
+            function=ctx.function,
+            policy_hash=ctx.policy_hash,
+            dedup_key=_DEDUP_PREFIX + key,
+            reason=decision["reason"],
+            failure_rate=decision["rate"],
+        )
+        self.history.append(alert)
+        ctx.emit(ALERT_SENT, alert=alert)
+        for worker in self.workers:
+            worker.submit(alert)
+
+
+Notify = Any
+"""`notify` items: "log", a callable, "module:function", a Channel, {"slack": {...}}, ..."""
+
+
+@overload
+def alert_on_failures(fn: F, /) -> F: ...
+
+
+@overload
+def alert_on_failures(
+    *,
+    threshold: int = 5,
+    notify: Notify = ("log",),
+    repeat_interval: float | None = DEFAULT_REPEAT_INTERVAL,
+    key: str | None = None,
+    resolve: bool = True,
+    alert_on_permanent: bool = True,
+    rate_threshold: float | None = None,
+    rate_window: int | None = None,
+    min_calls: int | None = None,
+    state: str | StateStore | None = None,
+    history_size: int = 100,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+) -> Callable[[F], F]: ...
+
+
+def alert_on_failures(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+    """Alert once when `threshold` calls in a row fail, remind while it lasts, say when it ends.
+
+    A call fails when its outcome is not verified (after any `@retry` inside) or it raises.
+    - the `threshold`-th consecutive failure sends one `triggered` alert; a success resets;
+    - while still failing, a `repeat` goes out at most every `repeat_interval` seconds (None:
+      never), with the updated count;
+    - the first success after an alert sends one `resolved` (`resolve=False`: none);
+    - a permanent failure (bad key, exhausted quota) alerts at once (`alert_on_permanent`);
+    - with `rate_threshold` (e.g. 0.5), an alert also fires when that share of the last
+      `rate_window` calls (default 20, at least `min_calls` seen) failed: flapping that never
+      makes `threshold` in a row. Such an alert resolves once the rate is back under it.
+    `key` (default: the function's qualified name) names the alert and its dedup key; functions
+    sharing a key share one count. `state` is where counts live (`"memory:"` by default).
+    Alerts go to `notify` on background threads (`timeout` per request, retried after
+    `retry_delays`); results and exceptions pass through unchanged. `fn.alerts` is the history.
+    """
+    layer = AlertLayer(**params)
+    if fn is not None:
+        return guard(fn, layer)
+
+    def decorate(func: F) -> F:
+        return guard(func, layer)
+
+    return decorate

@@ -1,0 +1,93 @@
+"""HMAC checkpoints: signed `(seq, head hash)` pairs that catch truncation and rewrites.
+
+A hash chain shows any edit in the middle of a trail, but not a cut tail (the shorter chain is
+still a chain) nor a whole chain recomputed after an edit. With a key, the writer therefore
+signs its head every `checkpoint_every` records and when it closes:
+
+- in the trail, a `checkpoint` record whose `mac` signs the record before it;
+- in a separate checkpoint file (`<trail>.checkpoints`, one JSON object a line), an entry whose
+  `mac` signs that checkpoint record itself, so the trail's last line is attested from outside.
+
+There is no default key: it comes from an environment variable the user names, and only its
+key id (a hash of the key) is ever written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Any
+
+from qwed_guard.audit.record import SCHEMA, rfc3339
+
+__all__ = ["Key", "checkpoint_entry", "checkpoint_record", "key_from_env", "mac"]
+
+_MAC_DOMAIN = b"qwed-guard.audit.checkpoint/1\n"
+_REDACT_DOMAIN = b"qwed-guard.audit.redact/1\n"
+
+
+class Key:
+    """An HMAC key and its public id (never the key itself in any output)."""
+
+    __slots__ = ("env", "id", "secret")
+
+    def __init__(self, secret: bytes, env: str | None = None) -> None:
+        if len(secret) < 16:
+            raise ValueError("an audit key must be at least 16 bytes")
+        self.secret = secret
+        self.env = env
+        self.id = hashlib.sha256(b"qwed-guard.audit.key-id/1\n" + secret).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Key(id={self.id!r})"
+
+
+def key_from_env(env: str) -> Key:
+    """The key held by environment variable `env` (raises KeyError/ValueError if unusable)."""
+    raw = os.environ.get(env)
+    if not raw:
+        raise KeyError(f"environment variable {env} is not set")
+    return Key(raw.encode("utf-8"), env)
+
+
+def mac(key: Key, seq: int, digest: str) -> str:
+    """HMAC-SHA256 of a chain position: `seq` and the hash of the record there."""
+    message = _MAC_DOMAIN + f"{seq}\n{digest}".encode("ascii")
+    return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+
+
+def redact_mac(key: Key, text: str) -> str:
+    """What `redact="hmac"` stores instead of `text`: equal inputs give equal outputs."""
+    digest = hmac.new(key.secret, _REDACT_DOMAIN + text.encode("utf-8"), hashlib.sha256)
+    return f"hmac-sha256:{key.id}:{digest.hexdigest()}"
+
+
+def checkpoint_record(key: Key, covers_seq: int, covers_hash: str, wall: float) -> dict[str, Any]:
+    """The in-trail checkpoint: signs the record just before it."""
+    return {
+        "v": SCHEMA,
+        "id": f"checkpoint/{covers_seq}",
+        "ts": rfc3339(wall),
+        "event": "checkpoint",
+        "covers_seq": covers_seq,
+        "covers_hash": covers_hash,
+        "key_id": key.id,
+        "mac": mac(key, covers_seq, covers_hash),
+    }
+
+
+def checkpoint_entry(key: Key, seq: int, digest: str, wall: float) -> dict[str, Any]:
+    """A checkpoint file entry: signs the record at `seq` (the in-trail checkpoint)."""
+    return {
+        "v": SCHEMA,
+        "seq": seq,
+        "hash": digest,
+        "ts": rfc3339(wall),
+        "key_id": key.id,
+        "mac": mac(key, seq, digest),
+    }
+
+
+def mac_ok(key: Key, seq: int, digest: str, claimed: object) -> bool:
+    return isinstance(claimed, str) and hmac.compare_digest(mac(key, seq, digest), claimed)

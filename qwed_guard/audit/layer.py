@@ -1,0 +1,482 @@
+"""`@audited`: one record per attempt, as it ends, and one per call, in a hash-chained trail.
+
+The layer subscribes to the call's context when the call enters it. Each `attempt_ended` event
+becomes an `attempt` record written at once (so a crash mid-call keeps the attempts already
+made); when the call returns or raises, a `call` record follows with the final outcome and
+source. The other events inner layers report go into the call record: `retry_scheduled` is the
+next attempt's `wait_us`, `gave_up` and `fallback_used` give the call's `reason`, and every other
+event (fallback_used, breaker_changed, alert_sent, ...) is listed in its `events` field as
+`{"event", "attempt", "ts", ...data}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Literal, TypeVar, overload
+
+from qwed_guard import clock
+from qwed_guard.audit.chain import Key, key_from_env, redact_mac
+from qwed_guard.audit.record import SCHEMA, float_text, jsonable, rfc3339, scrub, versions
+from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
+from qwed_guard.context import (
+    ATTEMPT_ENDED,
+    ATTEMPT_STARTED,
+    FALLBACK_USED,
+    GAVE_UP,
+    RETRY_SCHEDULED,
+    CallContext,
+    Event,
+)
+from qwed_guard.errors import AuditError, bad_parameter
+from qwed_guard.fallback import GuardedResult
+from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.outcomes import Outcome
+
+__all__ = ["AuditLayer", "audited"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Redactor = Callable[[dict[str, Any]], dict[str, Any]]
+
+_QUIET_EVENTS = frozenset({ATTEMPT_STARTED, RETRY_SCHEDULED})
+_MISSING: Any = object()
+_NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+
+
+def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
+    """(verified, value, confidence) of what an attempt or a call produced."""
+    if isinstance(result, BaseException):
+        return False, None, None
+    verified = getattr(result, "verified", _MISSING)
+    if verified is _MISSING:  # a plain return value: verified when the classifier says so
+        return outcome is Outcome.VERIFIED, jsonable(result), None
+    value = getattr(result, "value", None)
+    confidence = getattr(result, "confidence", None)
+    return (
+        verified is True,
+        value if value is None or type(value) is int else jsonable(value),
+        float_text(confidence) if type(confidence) is float else jsonable(confidence),
+    )
+
+
+class _QueryLocator:
+    """Where a function's query argument is: a parameter named `query`, else the first str."""
+
+    __slots__ = ("index", "infer", "name")
+
+    def __init__(self, fn: Callable[..., Any] | None, query_arg: str | int | None) -> None:
+        self.name: str | None = None
+        self.index: int | None = None
+        self.infer = query_arg is None
+        try:
+            params = list(inspect.signature(fn).parameters.values()) if fn else []
+        except (TypeError, ValueError):
+            params = []
+        # A method's self/cls stays in the call's arguments (as the layers pass them on).
+        positional = [
+            p
+            for p in params
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        if isinstance(query_arg, int):
+            self.index = query_arg
+            if query_arg < len(positional):
+                self.name = positional[query_arg].name
+            return
+        wanted = query_arg if isinstance(query_arg, str) else "query"
+        for param in params:
+            if param.name == wanted:
+                self.name = wanted
+                if param in positional:
+                    self.index = positional.index(param)
+                self.infer = False
+                break
+        if isinstance(query_arg, str) and self.name is None:
+            self.name = query_arg  # maybe passed through **kwargs
+
+    def find(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        name, index = self.name, self.index
+        if name is not None and name in kwargs:
+            return kwargs[name]
+        if index is not None and index < len(args):
+            return args[index]
+        if self.infer:
+            for value in args:
+                if isinstance(value, str):
+                    return value
+            for value in kwargs.values():
+                if isinstance(value, str):
+                    return value
+        return None
+
+
+class _Call:
+    """One call's view of the trail: the listener that writes its records."""
+
+    __slots__ = ("call_id", "common", "ctx", "events", "failure", "last", "layer")
+
+    def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
+        self.layer = layer
+        self.ctx = ctx
+        self.call_id = ctx.call_id
+        self.events: list[Event] = []
+        self.failure: BaseException | None = None
+        self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
+        qwed_version, guard_version = versions()
+        # The fields every record of this call shares.
+        self.common: dict[str, Any] = {
+            "v": SCHEMA,
+            "call_id": self.call_id,
+            "function": layer._function,
+            "query": layer._query_value(ctx),
+            "context": layer._context_value(ctx),
+            "policy": ctx.policy_hash,
+            "qwed": qwed_version,
+            "qwed_guard": guard_version,
+        }
+
+    def __call__(self, event: Event) -> None:
+        kind = event.kind
+        if kind == ATTEMPT_ENDED:
+            self._attempt(event)
+        elif kind not in _QUIET_EVENTS:  # gave_up, fallback_used, breaker_changed, alerts, ...
+            self.events.append(event)
+
+    def _attempt(self, event: Event) -> None:
+        data = event.data
+        attempt = data["record"]
+        outcome = attempt.outcome
+        result = data.get("result")
+        fields = _result_fields(result, outcome)
+        self.last = (result, fields)
+        verified, value, confidence = fields
+        error = attempt.error
+        number = attempt.number
+        record = {
+            **self.common,
+            "id": f"{self.call_id}/a{number}",
+            "ts": rfc3339(event.wall),
+            "event": "attempt",
+            "attempt": number,
+            "outcome": outcome._value_,
+            "verified": verified,
+            "value": value,
+            "confidence": confidence,
+            "error": scrub(error) if error else None,
+            "status": attempt.status,
+            "duration_us": round(attempt.duration * 1_000_000),
+            "wait_us": round(attempt.wait_before * 1_000_000),
+        }
+        self.layer._write(self, record)
+
+    def finish(self, result: Any, exc: BaseException | None) -> None:
+        ctx = self.ctx
+        reason: str | None = None
+        exception: str | None = None
+        if exc is not None:
+            diagnosis = call_diagnosis(ctx, exc)
+            outcome = diagnosis.outcome
+            source: str | None = None
+            verified, value, confidence = False, None, None
+            error: str | None = diagnosis.error or f"{type(exc).__name__}: {exc}"
+            exception = type(exc).__name__
+            given = getattr(exc, "reason", None)
+            reason = given if isinstance(given, str) else None
+        elif type(result) is GuardedResult:
+            outcome = result.outcome
+            source = result.source
+            last = self.last
+            if source == "verified" and last is not None and last[0] is result.result:
+                verified, value, confidence = last[1]  # the verified attempt's own result
+            else:
+                verified, value, confidence = _result_fields(result, outcome)
+            error = result.error
+            reason = result.reason
+        else:
+            diagnosis = call_diagnosis(ctx)
+            outcome = diagnosis.outcome
+            source = "verified" if outcome is Outcome.VERIFIED else "unverified"
+            verified, value, confidence = _result_fields(result, outcome)
+            error = diagnosis.error
+        events: list[dict[str, Any]] = []
+        for event in self.events:
+            if event.kind == GAVE_UP:
+                given = event.data.get("reason")
+                if reason is None and isinstance(given, str):
+                    reason = given
+                continue
+            item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
+            item["ts"] = rfc3339(event.wall)
+            for name, datum in event.data.items():
+                if event.kind == FALLBACK_USED and name == "reason":
+                    continue  # the call's own `reason`
+                item[scrub(str(name))] = jsonable(datum)
+            events.append(item)
+        record = {
+            **self.common,
+            "id": f"{self.call_id}/call",
+            "ts": rfc3339(clock.wall()),
+            "event": "call",
+            "attempt": len(ctx.attempts),
+            "outcome": outcome._value_,
+            "verified": verified,
+            "value": value,
+            "confidence": confidence,
+            "error": scrub(error) if error else None,
+            "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
+            "source": source,
+            "reason": scrub(reason) if reason else None,
+            "exception": exception,
+            "events": events,
+        }
+        self.layer._write(self, record)
+
+
+class AuditLayer(Layer):
+    """The audit trail's parameters and sink; `around` records one call."""
+
+    kind = "audited"
+
+    def __init__(
+        self,
+        *,
+        sink: str | Sink | list[str | Sink] | None = "jsonl:audit.jsonl",
+        fsync: FsyncMode = "always",
+        redact: Literal["none", "hmac"] | Redactor = "none",
+        redact_key_env: str | None = None,
+        redact_context: Collection[str] | None = None,
+        key_env: str | None = None,
+        checkpoint_every: int = 1000,
+        context: Mapping[str, Any] | None = None,
+        query_arg: str | int | None = None,
+        on_error: Literal["raise", "log"] = "raise",
+        batch_size: int = 256,
+        batch_ms: float = 50.0,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+        keep_files: int | None = None,
+        keep_days: float | None = None,
+    ) -> None:
+        if on_error not in ("raise", "log"):
+            raise bad_parameter("on_error", f"must be 'raise' or 'log', got {on_error!r}")
+        if context is not None and not isinstance(context, Mapping):
+            raise bad_parameter(
+                "context", f"must be a mapping, got {type(context).__name__}", wrong_type=True
+            )
+        if query_arg is not None and (
+            isinstance(query_arg, bool) or not isinstance(query_arg, (str, int))
+        ):
+            raise bad_parameter(
+                "query_arg", "must be a parameter name or position", wrong_type=True
+            )
+        self.redact_key: Key | None = None
+        self.redactor: Redactor | None = None
+        if redact == "hmac":
+            if not redact_key_env:
+                raise bad_parameter(
+                    "redact_key_env",
+                    "redact='hmac' needs the name of an environment variable holding the key",
+                )
+            self.redact_key = _key(redact_key_env, "redact_key_env")
+        elif callable(redact):
+            self.redactor = redact
+        elif redact != "none":
+            raise bad_parameter("redact", f"must be 'none', 'hmac' or a callable, got {redact!r}")
+        if redact_context is not None and (
+            isinstance(redact_context, str) or not isinstance(redact_context, Collection)
+        ):
+            raise bad_parameter("redact_context", "must be a list of context keys")
+        self.checkpoint_key = _key(key_env, "key_env") if key_env else None
+        self.redact = redact
+        self.redact_context = frozenset(redact_context) if redact_context is not None else None
+        self.fsync = fsync
+        self.on_error = on_error
+        self.query_arg = query_arg
+        self.context: dict[str, Any] = jsonable(dict(context)) if context else {}
+        self.sink: Sink = sink_from_url(
+            sink,
+            fsync=fsync,
+            key=self.checkpoint_key,
+            batch_size=batch_size,
+            batch_ms=batch_ms,
+            checkpoint_every=checkpoint_every,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            keep_files=keep_files,
+            keep_days=keep_days,
+        )
+        self._function = "?"
+        self._query = _QueryLocator(None, query_arg)
+
+    def bind(self, fn: Callable[..., Any], name: str) -> AuditLayer:
+        bound = copy.copy(self)
+        bound._function = name
+        bound._query = _QueryLocator(fn, self.query_arg)
+        return bound
+
+    def describe(self) -> str:
+        describe = getattr(self.sink, "describe", None)
+        where = describe() if callable(describe) else type(self.sink).__name__
+        parts = [f"sink={where}", f"fsync={self.fsync}"]
+        redact = self.redact if isinstance(self.redact, str) else "custom"
+        parts.append(f"redact={redact}")
+        if self.checkpoint_key is not None:
+            parts.append(f"checkpoints signed with ${self.checkpoint_key.env}")
+        parts.append(f"on_error={self.on_error}")
+        return "audited(" + "; ".join(parts) + ")"
+
+    def flush(self) -> None:
+        """Return once every record written so far is durable."""
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+    # --- per call ---------------------------------------------------------------------
+    def _query_value(self, ctx: CallContext) -> Any:
+        query = self._query.find(ctx.args, ctx.kwargs)
+        if query is None:
+            return None
+        if self.redact_key is not None:
+            text = query if isinstance(query, str) else repr(query)
+            return redact_mac(self.redact_key, text)
+        return jsonable(query)
+
+    def _context_value(self, ctx: CallContext) -> dict[str, Any]:
+        fields = ctx.fields
+        if not fields and not self.context:
+            return {}
+        merged: dict[str, Any] = dict(self.context)
+        if fields:
+            merged.update(jsonable(fields))
+        key = self.redact_key
+        if key is not None:
+            chosen = self.redact_context
+            for name, value in merged.items():
+                if chosen is None or name in chosen:
+                    text = value if isinstance(value, str) else repr(value)
+                    merged[name] = redact_mac(key, text)
+        return merged
+
+    def _write(self, call: _Call, record: dict[str, Any]) -> None:
+        if self.redactor is not None:
+            try:
+                record = self.redactor(record)
+            except Exception as exc:
+                self._failed(call, exc)
+                return
+        try:
+            self.sink.append((record,))
+        except Exception as exc:
+            self._failed(call, exc)
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        if self.on_error == "log":
+            from loguru import logger
+
+            logger.error("qwed_guard audit: a record of call {} was lost: {}", call.call_id, exc)
+        elif call.failure is None:
+            call.failure = exc
+
+    def _raise_if_failed(self, call: _Call) -> None:
+        failure = call.failure
+        if failure is not None:
+            if isinstance(failure, AuditError):
+                raise AuditError(f"call {call.call_id} not audited: {failure}") from failure
+            raise AuditError(
+                f"call {call.call_id} not audited: {type(failure).__name__}: {failure}"
+            ) from failure
+
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        call = _Call(self, ctx)
+        listeners = ctx.listeners
+        listeners.append(call)
+        try:
+            result = proceed()
+        except BaseException as exc:
+            listeners.remove(call)
+            call.finish(None, exc)
+            if not isinstance(exc, _NOT_AUDIT_FAILURES):
+                self._raise_if_failed(call)
+            raise
+        listeners.remove(call)
+        call.finish(result, None)
+        self._raise_if_failed(call)
+        return result
+
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        call = _Call(self, ctx)
+        listeners = ctx.listeners
+        listeners.append(call)
+        try:
+            result = await proceed()
+        except BaseException as exc:
+            listeners.remove(call)
+            call.finish(None, exc)
+            if not isinstance(exc, _NOT_AUDIT_FAILURES):
+                self._raise_if_failed(call)
+            raise
+        listeners.remove(call)
+        call.finish(result, None)
+        self._raise_if_failed(call)
+        return result
+
+
+def _key(env: str | None, param: str) -> Key:
+    if not isinstance(env, str) or not env:
+        raise bad_parameter(param, "must name an environment variable", wrong_type=True)
+    try:
+        return key_from_env(env)
+    except KeyError:
+        raise bad_parameter(param, f"environment variable {env} is not set") from None
+    except ValueError as exc:
+        raise bad_parameter(param, f"environment variable {env}: {exc}") from None
+
+
+@overload
+def audited(fn: F, /) -> F: ...
+
+
+@overload
+def audited(
+    *,
+    sink: str | Sink | list[str | Sink] | None = "jsonl:audit.jsonl",
+    fsync: FsyncMode = "always",
+    redact: Literal["none", "hmac"] | Redactor = "none",
+    redact_key_env: str | None = None,
+    redact_context: Collection[str] | None = None,
+    key_env: str | None = None,
+    checkpoint_every: int = 1000,
+    context: Mapping[str, Any] | None = None,
+    query_arg: str | int | None = None,
+    on_error: Literal["raise", "log"] = "raise",
+    batch_size: int = 256,
+    batch_ms: float = 50.0,
+    rotate_bytes: int | None = None,
+    rotate_seconds: float | None = None,
+    keep_files: int | None = None,
+    keep_days: float | None = None,
+) -> Callable[[F], F]: ...
+
+
+def audited(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+    """Record every attempt and every call in a tamper-evident, crash-safe audit trail.
+
+    Put it outermost (`@audited` above `@fallback` above `@retry`). Records go to `sink`
+    (`"jsonl:PATH"` by default `audit.jsonl`, `"sqlite:PATH"`, `"memory:"`, a Sink, or a list);
+    `fsync` chooses when they reach the disk; `key_env` names the environment variable holding
+    the HMAC key for signed checkpoints; `redact="hmac"` (key in `redact_key_env`) stores the
+    query and context values as keyed hashes. If a record cannot be written the call raises
+    `AuditError` (`on_error="log"` logs and returns instead).
+    """
+    layer = AuditLayer(**params)
+    if fn is not None:
+        return guard(fn, layer)
+
+    def decorate(func: F) -> F:
+        return guard(func, layer)
+
+    return decorate

@@ -1,0 +1,248 @@
+"""Audit records, schema v1: their canonical JSON, their hash chain and their field values.
+
+A record is a flat JSON object (see `FIELDS`). Its `hash` is
+`sha256(prev_hash + canonical_json(record without "hash"))` in lowercase hex, where the canonical
+form is RFC 8785 (JCS), so any language can re-verify a trail. Records hold no floats: durations
+and waits are integer microseconds (`duration_us`, `wait_us`) and float values (`value`,
+`confidence`, event data) are stored as their shortest round-trip decimal string (`"0.95"`).
+With only strings, safe integers, booleans, null, arrays and objects with ASCII keys, orjson's
+sorted output *is* the RFC 8785 form (a property test holds it to the `rfc8785` encoder); any
+other record goes through `rfc8785` itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from qwed_guard import outcomes
+
+__all__ = [
+    "FIELDS",
+    "GENESIS",
+    "SCHEMA",
+    "canonical",
+    "jsonable",
+    "rfc3339",
+    "seal",
+    "versions",
+]
+
+SCHEMA = 1
+GENESIS = "0" * 64
+"""The `prev_hash` of the first record of a trail."""
+
+MAX_SAFE_INT = 2**53 - 1
+"""Larger integers are not exact in every JSON reader (RFC 8785 refuses them): stored as text."""
+
+FIELDS: dict[str, str] = {
+    "v": "schema version (1)",
+    "seq": "position in the chain, from 1, continuous across processes and rotated files",
+    "id": "record id: '<call_id>/a<n>' for attempts, '<call_id>/call' for calls",
+    "ts": "UTC time the record was made, RFC 3339 with microseconds and 'Z'",
+    "call_id": "the guarded call this record belongs to",
+    "event": "'attempt', 'call', 'checkpoint' or 'repair'",
+    "attempt": "attempt number (attempt records) or number of attempts made (call records)",
+    "function": "the guarded function's qualified name",
+    "query": "the query argument (scrubbed; 'hmac-sha256:<key id>:<hex>' with redact='hmac')",
+    "outcome": "verified, refuted, unverifiable, transient, permanent or short_circuited",
+    "verified": "the result's `verified` flag (false for a fallback or a raised call)",
+    "value": "the result's value (floats as decimal strings)",
+    "confidence": "the result's confidence as a decimal string",
+    "error": "the error text, secrets scrubbed",
+    "status": "HTTP status behind a failed attempt, when the guarded client saw it",
+    "duration_us": "how long the attempt or the whole call took, integer microseconds",
+    "wait_us": "how long retry waited before this attempt, integer microseconds",
+    "source": "call records: 'verified', 'fallback', 'unverified' (returned unverified) or null "
+    "(raised)",
+    "reason": "call records: why the fallback was used or why retry gave up",
+    "exception": "call records: the exception type the call raised, if any",
+    "events": "call records: other things layers reported (breaker changes, alerts, ...)",
+    "context": "audit_context(...) fields merged with the decorator's context=",
+    "policy": "hash of the policy the guard was built from, if any",
+    "qwed": "installed qwed version",
+    "qwed_guard": "installed qwed_guard version",
+    "prev_hash": "hash of the previous record ('0' * 64 for the first)",
+    "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash')",
+}
+
+
+def _simple(obj: Any) -> bool:
+    """True when orjson's sorted output equals RFC 8785 for `obj`."""
+    kind = type(obj)
+    if kind is str or kind is bool or obj is None:
+        return True
+    if kind is int:
+        return bool(-MAX_SAFE_INT <= obj <= MAX_SAFE_INT)
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) is not str or not key.isascii() or not _simple(value):
+                return False
+        return True
+    if kind is list:
+        return all(_simple(value) for value in obj)
+    return False
+
+
+_sorted_dumps: Callable[[Any], bytes] | None = None
+
+
+def _load_orjson() -> Callable[[Any], bytes]:
+    # Imported on first use: orjson costs about 10 ms at `import qwed_guard` otherwise.
+    global _sorted_dumps
+    import orjson
+
+    option = orjson.OPT_SORT_KEYS
+
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=option)
+
+    _sorted_dumps = dumps
+    return dumps
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 (JCS) bytes of `record`: orjson when that is provably the same, else rfc8785."""
+    if _simple(record):
+        dumps = _sorted_dumps or _load_orjson()
+        try:
+            return dumps(record)
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate is not UTF-8 encodable
+            return dumps(_without_surrogates(record))
+    import rfc8785  # only for records with floats, non-ASCII keys or other exotic content
+
+    return rfc8785.dumps(record)
+
+
+def _without_surrogates(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_without_surrogates(v) for v in obj]
+    return obj
+
+
+def chain_hash(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+def seal(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:
+    """Give `record` its place in the chain; return its JSONL line and its hash.
+
+    Sets `seq`, `prev_hash` and `hash` on `record`. The line is the canonical body with `hash`
+    appended, so it is valid JSON; verifiers recompute the canonical form, not the line's bytes.
+    """
+    record.pop("hash", None)
+    record["seq"] = seq
+    record["prev_hash"] = prev_hash
+    body = canonical(record)
+    digest = chain_hash(prev_hash, body)
+    record["hash"] = digest
+    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """Recompute a parsed record's hash from its content and its `prev_hash`."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    prev = body.get("prev_hash")
+    return chain_hash(prev if isinstance(prev, str) else "", canonical(body))
+
+
+_second_box: list[tuple[int, str]] = [(-1, "")]
+
+
+def rfc3339(wall: float, _box: list[tuple[int, str]] = _second_box) -> str:
+    """`2026-01-01T00:00:00.000000Z` for epoch seconds `wall` (UTC)."""
+    second = int(wall)
+    cached = _box[0]
+    if cached[0] != second:  # the date part changes once a second: format it once
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _box[0] = cached
+    return "%s.%06dZ" % (cached[1], (wall - second) * 1_000_000)  # noqa: UP031 - fastest
+
+
+def micros(seconds: float) -> int:
+    """Seconds as integer microseconds (records hold no floats)."""
+    return round(seconds * 1_000_000)
+
+
+def float_text(value: float) -> str:
+    """A float as its shortest round-trip decimal string: 0.95 -> "0.95"."""
+    return repr(value)
+
+
+def scrub(text: str) -> str:
+    """`outcomes.scrub`, skipped for text that cannot hold any of the secrets it removes.
+
+    Every pattern of `outcomes.scrub` needs one of these substrings; checking them is about
+    twenty times cheaper than running the patterns, and most audited text has none.
+    """
+    if outcomes._registered_secrets:
+        return outcomes.scrub(text)
+    if "sk-" in text or "://" in text or "=" in text:
+        return outcomes.scrub(text)
+    lowered = text.lower()
+    if "bearer" in lowered or "routing_key" in lowered:
+        return outcomes.scrub(text)
+    return text
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """`value` as hashed-record data: scrubbed strings, safe ints, no floats, str keys."""
+    kind = type(value)
+    if kind is str:
+        return scrub(value)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        return value if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else str(value)
+    if kind is float:
+        return float_text(value)
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, depth)
+    if depth >= 8:
+        return scrub(repr(value))
+    if isinstance(value, Mapping):
+        return {scrub(str(k)): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((jsonable(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return jsonable(int(value), depth)
+    if isinstance(value, float):
+        return float_text(float(value))
+    if isinstance(value, BaseException):
+        return scrub(f"{type(value).__name__}: {value}")
+    return scrub(str(value))
+
+
+_versions: tuple[str | None, str | None] | None = None
+
+
+def versions() -> tuple[str | None, str | None]:
+    """(qwed, qwed_guard) installed versions, looked up once."""
+    global _versions
+    if _versions is None:
+        from importlib import metadata
+
+        def lookup(name: str) -> str | None:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                return None
+
+        guard_version = lookup("qwed-guard")
+        if guard_version is None:
+            import qwed_guard
+
+            guard_version = qwed_guard.__version__
+        _versions = (lookup("qwed"), guard_version)
+    return _versions

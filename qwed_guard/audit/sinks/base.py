@@ -1,0 +1,226 @@
+"""The Sink protocol, and the base every chained sink shares: fsync modes and group commit."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from qwed_guard.audit.chain import Key
+from qwed_guard.errors import AuditError, bad_parameter
+
+__all__ = ["FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink"]
+
+FsyncMode = Literal["always", "batch", "none"]
+FSYNC_MODES: tuple[FsyncMode, ...] = ("always", "batch", "none")
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where audit records go.
+
+    `append` receives records as plain dicts of JSON data (no `seq`, `prev_hash` or `hash` yet):
+    a chained sink gives them their place in its chain (`qwed_guard.audit.record.seal`) and
+    stores them, and raises on failure, so the guarded call can fail closed. `flush` returns once
+    every appended record is durable (as durable as the sink's mode makes it).
+    """
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_live):
+        sink._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ChainedSink:
+    """A sink that seals records into one hash chain under a storage-level lock.
+
+    Subclasses implement `_commit(records, durable)`: lock the storage, read its head, seal and
+    store the records (plus a checkpoint when due), make them durable if asked, unlock.
+
+    - `fsync="always"`: `append` commits and fsyncs before it returns.
+    - `fsync="batch"`: `append` queues; a writer thread commits and fsyncs a group every
+      `batch_size` records or `batch_ms` milliseconds, whichever comes first. A crash loses at most
+      the records appended in the last `batch_ms` ms (or the last `batch_size`). A failed commit
+      is raised by the next `append` or `flush`.
+    - `fsync="none"`: `append` writes before it returns; the OS decides when it reaches the disk
+      (a process crash loses nothing, a power cut may).
+    """
+
+    kind = "chained"
+
+    def __init__(
+        self,
+        *,
+        fsync: FsyncMode = "always",
+        batch_size: int = 256,
+        batch_ms: float = 50.0,
+        key: Key | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise bad_parameter("batch_size", f"must be an int >= 1, got {batch_size!r}")
+        if isinstance(batch_ms, bool) or not isinstance(batch_ms, (int, float)) or batch_ms <= 0:
+            raise bad_parameter("batch_ms", f"must be a number > 0, got {batch_ms!r}")
+        if (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, int)
+            or checkpoint_every < 1
+        ):
+            raise bad_parameter(
+                "checkpoint_every", f"must be an int >= 1, got {checkpoint_every!r}"
+            )
+        self.fsync: FsyncMode = fsync
+        self.batch_size = batch_size
+        self.batch_ms = float(batch_ms)
+        self.key = key
+        self.checkpoint_every = checkpoint_every
+        self._write_lock = threading.Lock()
+        self._init_batch_state()
+        _live.add(self)
+
+    def _init_batch_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[dict[str, Any]] = []
+        self._inflight = 0
+        self._flushes = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+
+    # --- what subclasses provide -------------------------------------------------------
+    def _commit(self, records: list[dict[str, Any]], durable: bool) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Write the closing checkpoint and release storage (called once, by close)."""
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's writer thread, queue and open handles."""
+        self._write_lock = threading.Lock()
+        self._init_batch_state()
+
+    # --- the Sink protocol ----------------------------------------------------------------
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        if self.fsync != "batch":
+            with self._write_lock:
+                if self._closed:
+                    raise AuditError(f"{self.describe()}: the sink is closed")
+                self._commit(list(records), self.fsync == "always")
+            return
+        cond = self._cond
+        with cond:
+            if self._error is not None:
+                raise AuditError(f"{self.describe()}: {self._error}") from self._error
+            if self._closing:
+                raise AuditError(f"{self.describe()}: the sink is closed")
+            if self._thread is None:
+                self._start_writer()
+            notify = not self._pending
+            self._pending.extend(records)
+            if notify or len(self._pending) >= self.batch_size:
+                cond.notify_all()
+
+    def flush(self) -> None:
+        if self.fsync != "batch":
+            return
+        cond = self._cond
+        with cond:
+            self._flushes += 1
+            cond.notify_all()
+            while (self._pending or self._inflight) and self._error is None:
+                if self._thread is None:
+                    self._start_writer()
+                cond.wait(0.5)
+            if self._error is not None:
+                raise AuditError(f"{self.describe()}: {self._error}") from self._error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        error: BaseException | None = None
+        try:
+            self.flush()
+        except AuditError as exc:
+            error = exc
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                self._finish()
+        if error is not None:
+            raise error
+
+    def describe(self) -> str:
+        return self.kind
+
+    # --- group commit ---------------------------------------------------------------------
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(
+            target=self._writer, name=f"qwed-guard-audit-{self.kind}", daemon=True
+        )
+        self._thread.start()
+
+    def _writer(self) -> None:
+        cond = self._cond
+        # Group commit waits in real time: under a test's fake clock it must still flush.
+        while True:
+            with cond:
+                while not self._pending and not self._closing:
+                    cond.wait()
+                if not self._pending:
+                    return
+                deadline = time.monotonic() + self.batch_ms / 1000.0
+                flushes = self._flushes
+                while (
+                    len(self._pending) < self.batch_size
+                    and not self._closing
+                    and self._flushes == flushes
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    cond.wait(remaining)
+                batch, self._pending = self._pending, []
+                self._inflight = len(batch)
+            try:
+                with self._write_lock:
+                    self._commit(batch, True)
+            except BaseException as exc:  # kept, and raised to the next caller: fail closed
+                with cond:
+                    self._error = exc
+                    self._inflight = 0
+                    self._pending.clear()
+                    cond.notify_all()
+                return
+            with cond:
+                self._inflight = 0
+                cond.notify_all()
+
+    def __enter__(self) -> ChainedSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,17 @@
+"""Policies: the decorators' order and parameters as one immutable, hashable piece of data.
+
+from qwed_guard import Policy
+
+policy = Policy.from_file("policy.toml")   # or Policy.from_dict({...}), Policy.preset(...)
+print(policy.describe())
+
+@policy
+def interest(query: str): ...
+"""
+
+from __future__ import annotations
+
+from qwed_guard.policy._core import CANONICAL_ORDER, Policy
+from qwed_guard.policy._presets import PRESETS
+
+__all__ = ["CANONICAL_ORDER", "PRESETS", "Policy"]

@@ -1,0 +1,619 @@
+"""Policy: the guard rails as data, validated, hashed and applied as one decorator stack.
+
+A policy is a mapping whose keys are decorator names (`audited`, `fallback`,
+`alert_on_failures`, `retry`, `circuit_breaker`, `attempt_timeout`) and whose values are their
+parameters. Each section is checked against its layer's constructor (unknown keys get a
+did-you-mean) and then built, so the layer's own validation speaks with the section's dotted
+path. Layer modules are imported only
+when a policy names them: `import qwed_guard` stays cheap, and a missing one breaks no other.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from qwed_guard.errors import ParameterError, PolicyError
+from qwed_guard.layer import Layer, guard
+from qwed_guard.outcomes import scrub
+
+__all__ = ["CANONICAL_ORDER", "Policy"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """Where a section's layer class lives, and which of its parameters take a callable."""
+
+    module: str
+    cls: str
+    callables: frozenset[str] = frozenset()
+    """Parameters whose string value may be a dotted path (`pkg.mod:func`) to import."""
+
+
+# Outermost first: the canonical order (DESIGN.md) is this dict's order.
+_SECTIONS: Final[dict[str, _Section]] = {
+    "audited": _Section("qwed_guard.audit", "AuditLayer", frozenset({"redact"})),
+    "fallback": _Section("qwed_guard.fallback", "FallbackLayer", frozenset({"handler"})),
+    "alert_on_failures": _Section("qwed_guard.alerts", "AlertLayer", frozenset({"notify"})),
+    "retry": _Section("qwed_guard.retry", "RetryLayer", frozenset({"classifier", "jitter"})),
+    "circuit_breaker": _Section("qwed_guard.breaker", "CircuitBreakerLayer"),
+    "attempt_timeout": _Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
+}
+CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(_SECTIONS)
+_OPTIONS: Final = ("order", "allow_unusual_order")
+_TOP_KEYS: Final = (*CANONICAL_ORDER, *_OPTIONS)
+_MAX_DEPTH: Final = 32
+_MAX_NODES: Final = 100_000  # YAML aliases can make a small file a huge (or endless) value
+_UNSET: Any = object()
+
+# Layers that react to failures: a fallback inside any of them hides every failure from it.
+_FAILURE_WATCHERS: Final = {
+    "retry": "never sees a failure, so it never retries",
+    "alert_on_failures": "never sees a failed call, so nobody is alerted",
+    "circuit_breaker": "never sees a failure, so it never opens",
+}
+
+
+class _Problems:
+    """Every problem found while reading a policy, so all are reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.budget = _MAX_NODES
+        self.open: set[int] = set()  # ids of the containers being walked: a cycle is an error
+
+    def add(self, path: str, problem: str) -> None:
+        self.items.append(scrub(f"{path}: {problem}"))
+
+    def raise_if_any(self, what: str = "invalid policy") -> None:
+        if self.items:
+            count = len(self.items)
+            head = f"{what} ({count} problem{'s' if count != 1 else ''}):"
+            raise PolicyError("\n  ".join([head, *self.items]), self.items)
+
+
+def _did_you_mean(key: str, choices: Iterable[str]) -> str:
+    import difflib  # only a bad policy needs it
+
+    choices = list(choices)
+    close = [c for c in choices if key and c.startswith(key)]
+    close = close or difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown(key: object, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    hint = _did_you_mean(key, choices) if isinstance(key, str) else ""
+    return f"unknown key {key!r}{hint} (known: {', '.join(choices) or 'none'})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain data: what a policy value may be, and its canonical form
+
+
+def _plain(value: Any, path: str, problems: _Problems, depth: int = 0) -> Any:
+    """A copy of `value` as JSON data (lists for tuples, str keys), or `_UNSET` when it is not."""
+    if depth > _MAX_DEPTH:
+        problems.add(path, f"nested more than {_MAX_DEPTH} levels deep")
+        return _UNSET
+    problems.budget -= 1
+    if problems.budget == 0:
+        problems.add(path, f"more than {_MAX_NODES} values in one policy")
+    if problems.budget <= 0:
+        return _UNSET
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in problems.open:
+            problems.add(path, "contains itself")
+            return _UNSET
+        problems.open.add(id(value))
+        try:
+            return _plain_container(value, path, problems, depth)
+        finally:
+            problems.open.discard(id(value))
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.add(path, f"must be a finite number, got {value}")
+            return _UNSET
+        return float(value)
+    problems.add(
+        path,
+        f"must be plain data (null, true/false, a number, a string, a list or a table), "
+        f"got {type(value).__name__}",
+    )
+    return _UNSET
+
+
+def _plain_container(value: Any, path: str, problems: _Problems, depth: int) -> Any:
+    if isinstance(value, Mapping):
+        table: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.add(path, f"keys must be strings, got {key!r}")
+                continue
+            plain = _plain(item, f"{path}.{key}", problems, depth + 1)
+            if plain is not _UNSET:
+                table[key] = plain
+        return table
+    items = [_plain(item, f"{path}[{i}]", problems, depth + 1) for i, item in enumerate(value)]
+    return [item for item in items if item is not _UNSET]
+
+
+def _hashable_form(value: Any) -> Any:
+    """Numbers as RFC 8785 reads them: an integral float is the same number as the int."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _hashable_form(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hashable_form(item) for item in value]
+    return value
+
+
+def _canonical_json(data: Mapping[str, Any]) -> str:
+    return json.dumps(
+        _hashable_form(data),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Callables named by dotted path
+
+
+def _import_dotted(path: str) -> Any:
+    """The object at `pkg.mod:attr.sub` or `pkg.mod.attr`."""
+    if ":" in path:
+        module_name, _, attrs = path.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for attr in attrs.split("."):
+            obj = getattr(obj, attr)
+        return obj
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no module found in {path!r}")
+
+
+def _dotted_name(obj: Any) -> str | None:
+    """`module:qualname` when importing it gives back `obj` (so a file can name it), else None."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    path = f"{module}:{qualname}"
+    try:
+        found = _import_dotted(path)
+    except Exception:
+        return None
+    return path if found is obj else None
+
+
+def _looks_dotted(value: str) -> bool:
+    return ":" in value or ("." in value and not value.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: their layer classes, parameters and defaults
+
+
+def _layer_class(name: str) -> type[Layer]:
+    section = _SECTIONS[name]
+    if importlib.util.find_spec(section.module) is None:
+        raise LookupError(f"not available: this qwed_guard has no {section.module} module")
+    module = importlib.import_module(section.module)
+    cls = getattr(module, section.cls, None)
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise LookupError(f"not available: {section.module} defines no {section.cls} layer")
+    return cls
+
+
+_KEYWORD_KINDS: Final = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _signature(cls: type[Layer]) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword parameters of the layer's constructor, and whether it takes **kwargs."""
+    parameters = inspect.signature(cls).parameters
+    named = {name: p for name, p in parameters.items() if p.kind in _KEYWORD_KINDS}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return named, open_ended
+
+
+def _is_set_default(parameter: inspect.Parameter) -> bool:
+    return isinstance(parameter.default, (set, frozenset))
+
+
+def _default_data(parameter: inspect.Parameter) -> Any:
+    """The parameter's default as policy data, or `_UNSET` when data cannot say it."""
+    default = parameter.default
+    if default is inspect.Parameter.empty:
+        return _UNSET
+    if isinstance(default, (set, frozenset)):
+        items = [item.value if isinstance(item, enum.Enum) else item for item in default]
+        return sorted(items) if all(isinstance(item, str) for item in items) else _UNSET
+    if callable(default) and not isinstance(default, type):
+        return _dotted_name(default) or _UNSET
+    problems = _Problems()
+    plain = _plain(default, parameter.name, problems)
+    return _UNSET if problems.items else plain
+
+
+def _callable_name(value: Any, path: str, problems: _Problems) -> Any:
+    """A function given as an object becomes its `module:name`, which the policy can store."""
+    if not callable(value) or isinstance(value, (str, type)):
+        return value
+    name = _dotted_name(value)
+    if name is None:
+        problems.add(
+            path,
+            "a function in a policy must be importable by name (module:function), so the "
+            "policy can be written to a file and hashed; lambdas and local functions cannot",
+        )
+        return _UNSET
+    return name
+
+
+def _normalize_value(
+    section: str, key: str, value: Any, parameter: inspect.Parameter | None, problems: _Problems
+) -> Any:
+    path = f"{section}.{key}"
+    if key in _SECTIONS[section].callables:
+        if isinstance(value, (list, tuple)):  # e.g. notify: ["log", my_module.page_someone]
+            value = [_callable_name(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+        else:
+            value = _callable_name(value, path, problems)
+        if any(item is _UNSET for item in (value if isinstance(value, list) else [value])):
+            return _UNSET
+    plain = _plain(value, path, problems)
+    if plain is _UNSET or parameter is None or not _is_set_default(parameter):
+        return plain
+    # A set-valued parameter: order and repeats carry no meaning, so they must not change the hash.
+    items = [plain] if isinstance(plain, str) else plain
+    if isinstance(items, list) and all(isinstance(item, str) for item in items):
+        return sorted(set(items))
+    return plain
+
+
+def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, Any], Layer | None]:
+    """The section's normalized parameters (defaults filled in) and its layer, if valid."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.add(
+            name,
+            f"must be a table of {name}'s parameters ({{}} for the defaults), "
+            f"got {type(raw).__name__}",
+        )
+        return {}, None
+    try:
+        cls = _layer_class(name)
+    except LookupError as exc:
+        problems.add(name, str(exc))
+        return {}, None
+    parameters, open_ended = _signature(cls)
+    before = len(problems.items)
+    given: dict[str, Any] = {}
+    bad_data = False
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            problems.add(name, f"parameter names must be strings, got {key!r}")
+            continue
+        parameter = parameters.get(key)
+        if parameter is None and not open_ended:
+            problems.add(f"{name}.{key}", _unknown(key, parameters))
+            continue
+        count = len(problems.items)
+        plain = _normalize_value(name, key, value, parameter, problems)
+        if len(problems.items) > count:
+            bad_data = True  # the layer would only report the key as missing: skip building it
+        elif plain is not _UNSET:
+            given[key] = plain
+    missing = [
+        key
+        for key, parameter in parameters.items()
+        if parameter.default is inspect.Parameter.empty and key not in given
+    ]
+    for key in missing:
+        problems.add(f"{name}.{key}", "required")
+    arguments = dict(given)
+    unresolved = bad_data
+    for key in _SECTIONS[name].callables:
+        value = arguments.get(key)
+        if isinstance(value, str) and _looks_dotted(value):
+            try:
+                arguments[key] = _import_dotted(value)
+            except Exception as exc:
+                problems.add(f"{name}.{key}", f"cannot import {value!r}: {exc}")
+                unresolved = True
+    # Build the layer even when other keys were bad, so their values are checked too.
+    layer = None if missing or unresolved else _construct(name, cls, arguments, problems)
+    normalized: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        value = given[key] if key in given else _default_data(parameter)
+        if value is not _UNSET:
+            normalized[key] = value
+    normalized.update((key, value) for key, value in given.items() if key not in normalized)
+    return normalized, layer if len(problems.items) == before else None
+
+
+def _construct(
+    name: str, cls: type[Layer], arguments: dict[str, Any], problems: _Problems
+) -> Layer | None:
+    """Build the layer; on a bad parameter, report it and retry without it to find the rest."""
+    arguments = dict(arguments)
+    while True:
+        try:
+            return cls(**arguments)
+        except ParameterError as exc:
+            problems.add(f"{name}.{exc.param}", exc.problem)
+            key = exc.param.split(".", 1)[0].split("[", 1)[0]
+            if key not in arguments:
+                return None
+            del arguments[key]
+        except PolicyError as exc:
+            for error in exc.errors:
+                problems.add(name, error)
+            return None
+        except Exception as exc:  # a layer's own bug or an unchecked type: report, never leak
+            problems.add(name, f"invalid parameters ({type(exc).__name__}: {exc})")
+            return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Order
+
+
+def _order_from(raw: Any, sections: list[str], problems: _Problems) -> tuple[str, ...]:
+    if raw is None:
+        return tuple(name for name in CANONICAL_ORDER if name in sections)
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        problems.add("order", f"must be a list of section names, got {type(raw).__name__}")
+        return ()
+    order: list[str] = []
+    for index, entry in enumerate(raw):
+        path = f"order[{index}]"
+        if not isinstance(entry, str):
+            problems.add(path, f"must be a section name, got {type(entry).__name__}")
+        elif entry not in _SECTIONS:
+            problems.add(path, f"unknown layer {entry!r}{_did_you_mean(entry, _SECTIONS)}")
+        elif entry in order:
+            problems.add(path, f"{entry!r} is listed twice")
+        elif entry not in sections:
+            problems.add(path, f"{entry!r} has no {entry} section (add {entry}: {{}} to enable it)")
+        else:
+            order.append(entry)
+    for name in sections:
+        if name not in raw:
+            problems.add("order", f"{name!r} has a section but is not in order")
+    return tuple(order)
+
+
+def _blinding(order: tuple[str, ...]) -> list[str]:
+    """Why this order hides something from a layer; empty when it does not."""
+    where = {name: index for index, name in enumerate(order)}
+    reasons: list[str] = []
+    audit_at = where.get("audited")
+    if audit_at:
+        outside = ", ".join(order[:audit_at])
+        reasons.append(
+            f"audited must be outermost to record every attempt and the call's final outcome; "
+            f"inside {outside} it misses what {'that layer does' if audit_at == 1 else 'they do'}"
+        )
+    timeout_at = where.get("attempt_timeout")
+    if timeout_at is not None and timeout_at != len(order) - 1:
+        inside = ", ".join(order[timeout_at + 1 :])
+        reasons.append(
+            f"attempt_timeout must be innermost to bound one attempt; outside {inside} it cuts "
+            f"short what {'that layer does' if timeout_at == len(order) - 2 else 'they do'} "
+            f"(retry.max_time bounds a whole call)"
+        )
+    fallback_at = where.get("fallback")
+    if fallback_at is not None:
+        for watcher, harm in _FAILURE_WATCHERS.items():
+            if watcher in where and fallback_at > where[watcher]:
+                reasons.append(
+                    f"fallback inside {watcher} turns every failure into a result first: "
+                    f"{watcher} {harm}"
+                )
+    return reasons
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+
+
+class Policy:
+    """The guard rails for a function, as one immutable, hashable piece of data.
+
+        policy = Policy.from_dict({
+            "retry": {"max_tries": 3, "base": 1, "factor": 2},
+            "fallback": {"value": 100.0},
+        })
+
+        @policy
+        def interest(query: str): ...
+
+    Sections are enabled by their presence; `order` (outermost first) defaults to the canonical
+    `audited, fallback, alert_on_failures, retry, circuit_breaker, attempt_timeout`. Two
+    policies are equal when their normalized data (defaults filled in) is equal; `hash` names
+    that data.
+    """
+
+    __slots__ = ("_canonical", "_data", "_hash", "_layers", "_order")
+
+    _canonical: str
+    _data: dict[str, Any]
+    _hash: str
+    _layers: dict[str, Layer]
+    _order: tuple[str, ...]
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        problems = _Problems()
+        if not isinstance(data, Mapping):
+            problems.add("policy", f"must be a table, got {type(data).__name__}")
+            problems.raise_if_any()
+        sections: list[str] = []
+        for key in data:
+            if key in _SECTIONS:
+                sections.append(key)
+            elif key not in _OPTIONS:
+                problems.add(str(key), _unknown(key, _TOP_KEYS))
+        normalized: dict[str, Any] = {}
+        layers: dict[str, Layer] = {}
+        for name in sections:
+            params, layer = _build_section(name, data[name], problems)
+            normalized[name] = params
+            if layer is not None:
+                layers[name] = layer
+        allow = data.get("allow_unusual_order", False)
+        if not isinstance(allow, bool):
+            problems.add("allow_unusual_order", f"must be true or false, got {allow!r}")
+            allow = False
+        before_order = len(problems.items)
+        order = _order_from(data.get("order"), sections, problems)
+        if len(problems.items) == before_order and not allow:
+            for reason in _blinding(order):
+                problems.add("order", f"{reason} (set allow_unusual_order: true to use it anyway)")
+        problems.raise_if_any()
+        normalized["order"] = list(order)
+        if allow:
+            normalized["allow_unusual_order"] = True
+        canonical = _canonical_json(normalized)
+        setattr_ = object.__setattr__
+        setattr_(self, "_data", normalized)
+        setattr_(self, "_canonical", canonical)
+        setattr_(self, "_hash", "sha256:" + hashlib.sha256(canonical.encode()).hexdigest())
+        setattr_(self, "_layers", layers)
+        setattr_(self, "_order", order)
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """A policy from plain data; raises `PolicyError` naming every bad field."""
+        return cls(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        """A policy from a `.toml`, `.yaml`/`.yml` or `.json` file."""
+        from qwed_guard.policy._files import load
+
+        data = load(Path(path))
+        try:
+            return cls(data)
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}", exc.errors) from None
+
+    @classmethod
+    def preset(cls, name: str, *, fallback_value: Any = _UNSET, **overrides: Any) -> Policy:
+        """A ready-made policy: `"production"`, `"strict"` or `"dev"`.
+
+        `fallback_value` is the conservative value returned when a call cannot be verified
+        (`production` needs it, or a `fallback={"handler": ...}` override). Other keyword
+        arguments are section overrides merged into the preset's section (`retry={"max_tries":
+        5}`), or `None` to drop a section.
+        """
+        from qwed_guard.policy._presets import preset_data
+
+        return cls(preset_data(name, fallback_value, overrides))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def hash(self) -> str:
+        """`sha256:<hex>` of the normalized policy (canonical JSON, defaults filled in)."""
+        return self._hash
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The enabled layers, outermost first."""
+        return self._order
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized policy as plain data: `Policy.from_dict(p.to_dict()) == p`."""
+        copy: dict[str, Any] = json.loads(json.dumps(self._data))
+        return copy
+
+    def describe(self) -> str:
+        """The stack as a person reads it, outermost first, with every layer's parameters."""
+        lines = [f"policy {self._hash[:19]}  (outermost first)"]
+        if self._data.get("allow_unusual_order"):
+            lines[0] += "  [unusual order allowed]"
+        for index, name in enumerate(self._order, 1):
+            lines.append(f"  {index}. {self._layers[name].describe()}")
+        lines.append(f"  {len(self._order) + 1}. the function" if self._order else "  (no layers)")
+        return "\n".join(lines)
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def wrap(self, fn: F) -> F:
+        """Apply the stack to `fn` (sync or async, function or method).
+
+        Each function gets its own per-function layer state (alert counters, breaker) through
+        `Layer.bind`; the layers' configuration is shared. With `fallback` in the policy the
+        function returns a `GuardedResult`.
+        """
+        wrapped: Any = fn
+        for index in range(len(self._order) - 1, -1, -1):
+            name = self._order[index]
+            # The outermost layer stamps the hash on each call, for audit records and alerts.
+            stamp = self._hash if index == 0 else None
+            try:
+                wrapped = guard(wrapped, self._layers[name], policy_hash=stamp)
+            except ParameterError as exc:  # a layer that refuses this function (sync timeout)
+                path = f"{name}.{exc.param}: {exc.problem}"
+                raise PolicyError(f"cannot apply policy: {path}", [path]) from None
+        result: F = wrapped
+        return result
+
+    def __call__(self, fn: F) -> F:
+        return self.wrap(fn)
+
+    # -- value semantics ----------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return self._canonical == other._canonical
+
+    def __hash__(self) -> int:
+        return hash(self._canonical)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Policy is immutable; build a new one (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Policy is immutable (cannot delete {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Policy.from_dict, (self.to_dict(),))
+
+    def __repr__(self) -> str:
+        return f"Policy({', '.join(self._order) or 'no layers'}; {self._hash[:19]})"

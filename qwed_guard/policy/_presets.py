@@ -1,0 +1,84 @@
+"""Ready-made policies: the seed's production exercise, a fail-closed variant, and one for dev."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from qwed_guard.errors import PolicyError
+
+__all__ = ["PRESETS", "preset_data"]
+
+PRESETS: Final[dict[str, str]] = {
+    "production": "retry 3 tries (waits 1 s, 2 s), fall back to a conservative value, "
+    "alert after 5 consecutive failures, audit every attempt, circuit breaker",
+    "strict": "no fallback (fail closed: unverified calls raise), retry 3 tries, alert at once "
+    "on a permanent error, audit every attempt, circuit breaker",
+    "dev": "no waits between retries, in-memory audit, no alerts",
+}
+
+# The seed's exercise: "Retry up to 3 times with exponential backoff" (1 s, then 2 s).
+# Audit goes to `audit.jsonl` (fsync always), alerts to the log: override `audited`/`notify`.
+_RETRY: Final[dict[str, Any]] = {"max_tries": 3, "base": 1.0, "factor": 2.0}
+
+
+def _sections(name: str) -> dict[str, dict[str, Any]]:
+    if name == "production":
+        return {
+            "audited": {},
+            "fallback": {},
+            "alert_on_failures": {"threshold": 5},
+            "retry": dict(_RETRY),
+            "circuit_breaker": {},
+        }
+    if name == "strict":
+        return {
+            "audited": {},
+            "alert_on_failures": {"threshold": 5, "alert_on_permanent": True},
+            "retry": dict(_RETRY),
+            "circuit_breaker": {},
+        }
+    return {
+        "audited": {"sink": "memory:"},
+        "retry": {"max_tries": 3, "base": 0.0, "jitter": None},
+    }
+
+
+def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy data of preset `name`, with the fallback value and section overrides applied."""
+    from qwed_guard.policy._core import _OPTIONS, _SECTIONS, _UNSET, _did_you_mean
+
+    if name not in PRESETS:
+        raise PolicyError(
+            f"unknown preset {name!r}{_did_you_mean(name, PRESETS)} (presets: {', '.join(PRESETS)})"
+        )
+    data: dict[str, Any] = _sections(name)
+    problems: list[str] = []
+    if fallback_value is not _UNSET:
+        if name == "strict":
+            problems.append("fallback_value: the strict preset fails closed and has no fallback")
+        else:
+            data["fallback"] = {"value": fallback_value}
+    for key, value in overrides.items():
+        if key in _OPTIONS:
+            data[key] = value
+        elif key not in _SECTIONS:
+            known = ", ".join(["fallback_value", *_SECTIONS, *_OPTIONS])
+            problems.append(f"{key}: unknown override{_did_you_mean(key, _SECTIONS)} ({known})")
+        elif value is None:
+            data.pop(key, None)
+        elif isinstance(value, Mapping):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            problems.append(f"{key}: an override is a table of parameters or None, got {value!r}")
+    fallback = data.get("fallback")
+    if fallback is not None and not fallback:
+        problems.append(
+            f"fallback_value: the {name} preset falls back to a conservative value you choose: "
+            f"Policy.preset({name!r}, fallback_value=...) (or fallback={{'handler': ...}}, "
+            f"or fallback=None for none)"
+        )
+    if problems:
+        head = f"preset {name!r} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
+        raise PolicyError("\n  ".join([head, *problems]), problems)
+    return data

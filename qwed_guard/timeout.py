@@ -1,0 +1,106 @@
+"""`@attempt_timeout`: a bound on one attempt of an `async def` function.
+
+A hanging attempt is cancelled when its time is up and ends as a `transient` failure, which
+`@retry` retries and `@circuit_breaker` counts. Place it innermost, below both:
+
+    @retry(max_tries=3)
+    @circuit_breaker()
+    @attempt_timeout(10)
+    async def verify(query): ...
+
+Synchronous functions are refused: a thread cannot be stopped safely from outside, and a
+timeout that abandons a still-running thread leaks it and its connection. For them the bound
+belongs to the HTTP client, which closes the socket itself: `guarded_client(..., timeout=10)`
+hands the timeout to QWEDLocal and `openai.OpenAI` with the SDK's own retries off. Retry's
+`max_time` remains the bound on the whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from qwed_guard import clock
+from qwed_guard.context import CallContext
+from qwed_guard.errors import QwedGuardError, bad_parameter
+from qwed_guard.layer import Layer, guard, record_attempt
+from qwed_guard.outcomes import Diagnosis, Outcome
+
+__all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "attempt_timeout"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AttemptTimeout(QwedGuardError, TimeoutError):
+    """An attempt ran past its `attempt_timeout` and was cancelled; a transient failure."""
+
+    outcome: Outcome = Outcome.TRANSIENT
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.error: str = f"attempt timed out after {seconds:g} s"
+        super().__init__(self.error)
+
+
+class AttemptTimeoutLayer(Layer):
+    """Cancels an attempt that runs longer than `seconds`."""
+
+    kind = "attempt_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise bad_parameter(
+                "seconds", f"must be a number, got {type(seconds).__name__}", wrong_type=True
+            )
+        if not seconds > 0:
+            raise bad_parameter("seconds", f"must be > 0, got {seconds}")
+        self.seconds = float(seconds)
+
+    def describe(self) -> str:
+        return f"attempt_timeout(seconds={self.seconds:g})"
+
+    def bind(self, fn: Callable[..., Any], name: str) -> AttemptTimeoutLayer:
+        if not inspect.iscoroutinefunction(fn):
+            raise bad_parameter(
+                "seconds",
+                f"{name} is synchronous and a thread cannot be stopped safely; bound its "
+                "requests instead with guarded_client(..., timeout=seconds)",
+            )
+        return self
+
+    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+        # `bind` refuses synchronous functions, so no sync call ever gets here.
+        raise TypeError("attempt_timeout only bounds async def functions")
+
+    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        recorded = len(ctx.attempts)
+        started = clock.monotonic()
+        timer = asyncio.timeout(self.seconds)
+        try:
+            async with timer:
+                return await proceed()
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise  # the function's own TimeoutError, classified as usual
+            error = AttemptTimeout(self.seconds)
+            if len(ctx.attempts) == recorded:
+                # The cancelled attempt never reported its end; report it here.
+                record_attempt(ctx, Diagnosis(Outcome.TRANSIENT, error.error), started, error)
+            raise error from exc
+
+
+def attempt_timeout(seconds: float) -> Callable[[F], F]:
+    """Cancel an `async def` attempt after `seconds`; it counts as a transient failure.
+
+    Put it innermost (below `@retry` and `@circuit_breaker`) so each attempt gets its own
+    bound and the breaker counts timeouts. Sync functions are refused at decoration: give
+    their HTTP client the timeout instead (`guarded_client(..., timeout=seconds)`).
+    """
+    layer = AttemptTimeoutLayer(seconds)
+
+    def decorate(func: F) -> F:
+        return guard(func, layer)
+
+    return decorate
