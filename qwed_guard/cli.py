@@ -57,7 +57,10 @@ def _demo(args: argparse.Namespace) -> int:
             model=args.model,
             api_key_env=args.api_key_env,
             rates=options,
+            audit_path=args.audit,
+            pace=args.pace,
             progress=sys.stderr.isatty(),
+            show_policy=print,
         )
     except DemoError as exc:
         print(f"qwed-guard demo: error: {exc}", file=sys.stderr)
@@ -110,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="model name at --base-url")
     demo.add_argument(
         "--api-key-env", help="environment variable holding the endpoint's API key (never a flag)"
+    )
+    demo.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="spread the calls over this many seconds (default: 16 for --profile outage, else 0)",
+    )
+    demo.add_argument(
+        "--audit",
+        default="qwed-guard-demo.audit.jsonl",
+        metavar="PATH",
+        help="the audit trail to append to (default qwed-guard-demo.audit.jsonl)",
     )
     _add_rate_flags(demo)
     demo.set_defaults(run=_demo)

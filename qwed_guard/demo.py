@@ -8,18 +8,25 @@ retries and latency.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qwed_guard.fallback import GuardedResult, fallback
-from qwed_guard.retry import retry
+from qwed_guard.fallback import GuardedResult
 
-__all__ = ["DemoError", "DemoSummary", "run_demo"]
+if TYPE_CHECKING:
+    from qwed_guard.policy import Policy
+
+__all__ = ["DEFAULT_AUDIT_PATH", "DemoError", "DemoSummary", "demo_policy", "run_demo"]
+
+DEFAULT_AUDIT_PATH = "qwed-guard-demo.audit.jsonl"
+OUTAGE_PACE = 16.0
+"""Seconds the `outage` profile's calls are spread over: its 10 s outage starts 2 s in."""
 
 
 class DemoError(Exception):
@@ -38,6 +45,11 @@ class DemoSummary:
     latencies: list[float] = field(default_factory=list)
     by_outcome: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    breaker_opened: int = 0
+    short_circuited: int = 0
+    alerts: list[str] = field(default_factory=list)
+    audit_path: str = ""
+    audit_report: str = ""
 
     @property
     def retries(self) -> int:
@@ -62,13 +74,24 @@ class DemoSummary:
         if self.http_requests is not None and self.calls:
             rows.append(("HTTP requests per call", f"{self.http_requests / self.calls:.2f}"))
         rows += [
-            ("latency p50", f"{self.percentile(0.50) * 1000:.0f} ms"),
-            ("latency p95", f"{self.percentile(0.95) * 1000:.0f} ms"),
+            ("latency p50", _duration(self.percentile(0.50))),
+            ("latency p95", _duration(self.percentile(0.95))),
             ("wall time", f"{self.wall_seconds:.1f} s"),
         ]
         for outcome, count in sorted(self.by_outcome.items()):
             rows.append((f"fallback reason: {outcome}", f"{count}"))
+        rows += [
+            ("circuit breaker opened", f"{self.breaker_opened}"),
+            ("short-circuited attempts", f"{self.short_circuited}"),
+            ("alerts", ", ".join(self.alerts) or "none"),
+            ("audit trail", self.audit_path),
+            ("audit verify", self.audit_report),
+        ]
         return rows
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f} µs" if seconds < 0.001 else f"{seconds * 1000:.0f} ms"
 
 
 def _check_reachable(base_url: str, api_key: str | None) -> None:
@@ -92,6 +115,9 @@ def _endpoint(
         return
     from qwed_guard.sim import SimulatedLLM
 
+    # Import QWED (about 2 s) before the simulator's clock starts: the `outage` profile's
+    # outage begins 2 s after start, and should begin during the run.
+    importlib.import_module("qwed_sdk")
     try:
         llm = SimulatedLLM(profile=profile, seed=seed, **rates)
     except ValueError as exc:
@@ -100,15 +126,30 @@ def _endpoint(
         yield llm.base_url, model or llm.model, llm
 
 
-def build_verifier(client: Any) -> Callable[[str], GuardedResult]:
-    """The production stack the demo runs: fallback(retry(verify_math))."""
+def demo_policy(audit_path: str) -> Policy:
+    """The production preset as the demo runs it.
 
-    @fallback(value=None)
-    @retry(max_tries=3, base=1.0, factor=2.0, max_delay=8.0)
-    def verify(query: str) -> Any:
-        return client.verify_math(query)
+    The seed's exercise (3 tries at 1 s then 2 s, a conservative fallback, an alert after 5
+    failed calls in a row, every attempt audited) with a circuit breaker tuned to the demo's
+    scale: it opens when 80% of the last 20 attempts failed, which the `flaky` profile never
+    reaches and an outage does at once, and probes again after 2 s.
+    """
+    from qwed_guard.policy import Policy
 
-    return verify
+    return Policy.preset(
+        "production",
+        fallback_value=None,  # no verified answer: the caller routes the question to a person
+        audited={"sink": f"jsonl:{audit_path}", "fsync": "batch"},
+        alert_on_failures={"key": "demo.verify_math"},
+        circuit_breaker={
+            "key": "demo.verify_math",
+            "failure_threshold": None,
+            "failure_rate": 0.8,
+            "window": 20,
+            "min_calls": 10,
+            "recovery_timeout": 2.0,
+        },
+    )
 
 
 def run_demo(
@@ -121,13 +162,21 @@ def run_demo(
     model: str | None = None,
     api_key_env: str | None = None,
     rates: dict[str, Any] | None = None,
+    audit_path: str = DEFAULT_AUDIT_PATH,
+    pace: float | None = None,
     progress: bool = True,
+    show_policy: Callable[[str], None] | None = None,
 ) -> DemoSummary:
     """Run `n` questions through the guarded stack; raises DemoError on bad input."""
     if n < 1:
         raise DemoError(f"--n must be at least 1, got {n}")
     if concurrency < 1:
         raise DemoError(f"--concurrency must be at least 1, got {concurrency}")
+    if pace is None:
+        # An outage lasts 10 s: pace the outage run so it shows the breaker open and close.
+        pace = OUTAGE_PACE if profile == "outage" and base_url is None else 0.0
+    if pace < 0:
+        raise DemoError(f"--pace must be >= 0 seconds, got {pace:g}")
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
@@ -139,10 +188,16 @@ def run_demo(
     from qwed_guard.sim import sample_questions
 
     questions = [q.text for q in sample_questions(n, seed)]
-    summary = DemoSummary()
+    summary = DemoSummary(audit_path=os.path.abspath(audit_path))
+    policy = demo_policy(summary.audit_path)
+    if show_policy is not None:
+        show_policy(policy.describe())
     with _endpoint(base_url, model, profile, seed, rates or {}) as (url, model_name, llm):
         client = guarded_client(base_url=url, model=model_name, api_key=api_key, timeout=10.0)
-        verify = build_verifier(client)
+
+        @policy
+        def verify(query: str) -> Any:
+            return client.verify_math(query)
 
         def one(query: str) -> tuple[GuardedResult, float]:
             started = time.perf_counter()
@@ -150,8 +205,16 @@ def run_demo(
             return result, time.perf_counter() - started
 
         begin = time.perf_counter()
+        interval = pace / n
         with _progress(progress, n) as advance, ThreadPoolExecutor(concurrency) as pool:
-            for future in as_completed([pool.submit(one, q) for q in questions]):
+            futures = []
+            for index, query in enumerate(questions):
+                # Spread the calls over `pace` seconds so an outage is seen start to end.
+                delay = begin + index * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(one, query))
+            for future in as_completed(futures):
                 result, elapsed = future.result()
                 summary.calls += 1
                 summary.attempts += result.attempts
@@ -166,7 +229,24 @@ def run_demo(
         summary.wall_seconds = time.perf_counter() - begin
         if llm is not None:
             summary.http_requests = int(llm.stats()["requests"])
+        breaker = verify.breaker  # type: ignore[attr-defined]
+        summary.breaker_opened = breaker.opened
+        summary.short_circuited = breaker.short_circuited
+        summary.alerts = [alert.kind for alert in verify.alerts]  # type: ignore[attr-defined]
+    _close_trail(policy)
+    from qwed_guard.audit import verify_trail
+
+    summary.audit_report = verify_trail(summary.audit_path).summary()
     return summary
+
+
+def _close_trail(policy: Policy) -> None:
+    """Flush the trail (and pending alerts) so the verification below sees every record."""
+    from qwed_guard.alerts import flush
+    from qwed_guard.audit.sinks import close_all
+
+    flush(5.0)
+    close_all()
 
 
 @contextmanager

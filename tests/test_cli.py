@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_offline_and_prints_the_summary() -> None:
-    done = run("demo", "--n", "20", "--profile", "healthy", "--seed", "3")
+def test_demo_runs_offline_and_prints_the_summary(tmp_path: Path) -> None:
+    trail = str(tmp_path / "audit.jsonl")
+    done = run("demo", "--n", "20", "--profile", "healthy", "--seed", "3", "--audit", trail)
     assert done.returncode == 0, done.stderr
     assert "verified" in done.stdout and "HTTP requests per call" in done.stdout
     assert "Traceback" not in done.stderr
@@ -64,3 +66,33 @@ def test_unreachable_base_url_and_port_in_use(capsys: pytest.CaptureFixture[str]
     assert main(["demo", "--base-url", f"http://127.0.0.1:{closed}/v1", "--n", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("qwed-guard demo: error: cannot reach") and len(err.splitlines()) == 1
+
+
+def test_demo_on_an_outage_opens_the_breaker_alerts_and_audits(tmp_path: Path) -> None:
+    trail = tmp_path / "demo.audit.jsonl"
+    done = run(
+        "demo",
+        "--profile",
+        "outage",
+        "--set",
+        "outage_after_requests=20",
+        "--pace",
+        "0",
+        "--n",
+        "60",
+        "--audit",
+        str(trail),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sha256:" in done.stdout  # the policy in force is printed first
+    rows = dict(
+        (cells[1].strip(), cells[2].strip())
+        for line in done.stdout.splitlines()
+        if len(cells := line.split("│")) == 4
+    )
+    assert int(rows["circuit breaker opened"]) >= 1
+    assert int(rows["short-circuited attempts"]) >= 1
+    assert rows["alerts"].startswith("triggered")
+    assert rows["audit verify"].startswith("OK")
+    verified = run("audit", "verify", str(trail))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
