@@ -14,6 +14,7 @@ import pytest
 from qwed_guard import clock
 from qwed_guard.sim import PROFILES, FaultConfig, Reply, SimulatedLLM
 from qwed_guard.sim.faults import FaultPlan, as_reply, parse_script
+from qwed_guard.testing import fake_time
 
 
 @pytest.fixture
@@ -213,3 +214,15 @@ def test_outage_profile_opens_after_two_seconds(fake_clock: clock.FakeClock) -> 
         llm.stop()
     with pytest.raises(ValueError):
         llm.outage(-1.0)
+
+
+def test_end_outage_heals_now_but_keeps_later_windows() -> None:
+    with fake_time() as fake:
+        plan = FaultPlan(FaultConfig.build("healthy"), 0, ())
+        plan.outage(60)
+        plan.outage(5, start_in=100)
+        assert plan.in_outage()
+        plan.end_outage()
+        assert not plan.in_outage()
+        fake.advance(101)
+        assert plan.in_outage()

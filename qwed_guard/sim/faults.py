@@ -301,6 +301,14 @@ class FaultPlan:
             start = clock.monotonic() + start_in
             self._windows.append(_Window(start, start + seconds))
 
+    def end_outage(self) -> None:
+        """Heal now: close every outage window that is open (scheduled ones still come)."""
+        with self._lock:
+            now = clock.monotonic()
+            for window in self._windows:
+                if window.start <= now < window.end:
+                    window.end = now
+
     def in_outage(self, now: float | None = None) -> bool:
         """Whether an outage window is open at `now` (default: the active clock's now)."""
         t = clock.monotonic() if now is None else now

@@ -581,6 +581,10 @@ class SimulatedLLM:
         """Answer every request with 503 for `seconds` (on `qwed_guard.clock`), from now."""
         self._plan.outage(seconds, start_in)
 
+    def end_outage(self) -> None:
+        """End the outage in progress now (an outage scheduled for later still comes)."""
+        self._plan.end_outage()
+
     @property
     def in_outage(self) -> bool:
         return self._plan.in_outage()
