@@ -45,8 +45,9 @@ class GuardedResult:
     """Why the fallback was used: the outcome and, when known, the error."""
     attempts: int = 1
     outcome: Outcome = Outcome.VERIFIED
-    result: Any = None
-    """The wrapped function's own last result, when it returned one."""
+    result: Any = field(default=None, repr=False)
+    """The wrapped function's own last result, when it returned one (its error text is the
+    provider's own, unscrubbed: it is left out of the repr so logs never show it)."""
 
     @property
     def is_fallback(self) -> bool:

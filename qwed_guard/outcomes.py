@@ -81,7 +81,10 @@ _QUOTA_MARKERS = ("insufficient_quota", "exceeded your current quota", "billing_
 _STATUS_IN_TEXT = re.compile(r"Error code: (\d{3})")
 _TRANSIENT_TEXT = re.compile(
     r"connection error|timed out|timeout|connection refused|connection reset|"
-    r"server disconnected|temporarily unavailable|expecting value|invalid json|"
+    r"server disconnected|temporarily unavailable|invalid json|"
+    # A garbled 200 body (JSONDecodeError text): the next response is usually whole.
+    r"expecting value|expecting property name|unterminated string|extra data|"
+    r"invalid control character|"
     r"remote ?protocol|read error|broken pipe",
     re.IGNORECASE,
 )

@@ -217,3 +217,15 @@ def test_methods() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         fallback(**kwargs)
+
+
+def test_the_raw_result_stays_out_of_the_repr() -> None:
+    raw = VerificationResult(verified=False, error="Incorrect API key provided: sk-proj-****abcd")
+
+    @fallback(value=0)
+    def compute(query: str) -> VerificationResult:
+        return raw
+
+    result = compute("q")
+    assert result.result is raw
+    assert "sk-proj" not in repr(result)

@@ -51,6 +51,8 @@ def qwed(error: str | None, verified: bool = False) -> VerificationResult:
         ("LLM call failed: Error code: 422 - Unprocessable", Outcome.PERMANENT),
         ("LLM call failed: Connection error.", Outcome.TRANSIENT),
         ("LLM call failed: Request timed out.", Outcome.TRANSIENT),
+        ("LLM call failed: Unterminated string starting at: line 1 column 9", Outcome.TRANSIENT),
+        ("LLM call failed: Expecting value: line 1 column 1 (char 0)", Outcome.TRANSIENT),
         ("SymPy verification failed: invalid syntax", Outcome.UNVERIFIABLE),
         ("SymPy not installed. Run: pip install sympy", Outcome.PERMANENT),
         ("LLM call failed: something nobody has seen before", Outcome.PERMANENT),
