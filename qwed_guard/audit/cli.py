@@ -39,7 +39,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "naming the first bad seq and why (edited, missing, reordered, truncated, "
         "bad_checkpoint).",
     )
-    verify.add_argument("path", help="a JSONL trail (its rotated files are found) or SQLite file")
+    verify.add_argument(
+        "path",
+        help="a JSONL trail (its rotated files are found), an SQLite file, or a postgresql:// URL "
+        "(?table=NAME; ${VAR} and PGPASSWORD work)",
+    )
     verify.add_argument(
         "--key-env", metavar="VAR", help="environment variable holding the checkpoint HMAC key"
     )
@@ -90,7 +94,7 @@ def _verify(args: argparse.Namespace) -> int:
     from qwed_guard.audit.chain import key_from_env
     from qwed_guard.audit.verify import verify_trail
 
-    if not os.path.exists(args.path):
+    if not _exists(args.path):
         return _error(f"{args.path}: no such file")
     key = None
     if args.key_env:
@@ -100,10 +104,43 @@ def _verify(args: argparse.Namespace) -> int:
             return _error(str(exc).strip("'\""))
     try:
         report = verify_trail(args.path, key=key, checkpoint_path=args.checkpoints)
-    except OSError as exc:
-        return _error(str(exc))
+    except _read_errors(args.path) as exc:
+        return _error(_scrubbed(exc))
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _is_url(path: str) -> bool:
+    from qwed_guard.audit.sinks import is_postgres_url
+
+    return is_postgres_url(path)
+
+
+def _exists(path: str) -> bool:
+    return _is_url(path) or os.path.exists(path)
+
+
+def _name(path: str) -> str:
+    if _is_url(path):
+        from qwed_guard.audit.sinks.postgres import trail_name
+
+        return trail_name(path)
+    return os.path.basename(path)
+
+
+def _read_errors(path: str) -> tuple[type[Exception], ...]:
+    """What reading the trail at `path` may raise that deserves a message, not a traceback."""
+    if not _is_url(path):
+        return (OSError,)
+    import psycopg
+
+    return (OSError, ValueError, psycopg.Error)
+
+
+def _scrubbed(exc: BaseException) -> str:
+    from qwed_guard.outcomes import scrub
+
+    return scrub(str(exc).strip())
 
 
 def _parse_since(text: str) -> float:
@@ -144,28 +181,31 @@ def _show(args: argparse.Namespace) -> int:
 
     from qwed_guard.audit.verify import read_records
 
-    if not os.path.exists(args.path):
+    if not _exists(args.path):
         return _error(f"{args.path}: no such file")
     try:
         since = _parse_since(args.since) if args.since else None
     except ValueError:
         return _error(f"--since {args.since!r}: use an RFC 3339 time, a date, or 30m/2h/7d")
     rows: list[dict[str, Any]] = []
-    for record in read_records(args.path):
-        if args.call and not str(record.get("call_id") or "").startswith(args.call):
-            continue
-        if args.outcome and record.get("outcome") != args.outcome:
-            continue
-        if args.event and record.get("event") != args.event:
-            continue
-        if since is not None:
-            when = _ts(record)
-            if when is None or when < since:
+    try:
+        for record in read_records(args.path):
+            if args.call and not str(record.get("call_id") or "").startswith(args.call):
                 continue
-        rows.append(record)
+            if args.outcome and record.get("outcome") != args.outcome:
+                continue
+            if args.event and record.get("event") != args.event:
+                continue
+            if since is not None:
+                when = _ts(record)
+                if when is None or when < since:
+                    continue
+            rows.append(record)
+    except _read_errors(args.path) as exc:
+        return _error(_scrubbed(exc))
     if args.limit and args.limit > 0:
         rows = rows[-args.limit :]
-    table = Table(title=f"{os.path.basename(args.path)}: {len(rows)} records", show_lines=False)
+    table = Table(title=f"{_name(args.path)}: {len(rows)} records", show_lines=False)
     for column, justify in (
         ("seq", "right"),
         ("time (UTC)", "left"),
@@ -213,12 +253,19 @@ def _percentile(values: list[int], fraction: float) -> float:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    if not _exists(args.path):
+        return _error(f"{args.path}: no such file")
+    try:
+        return _summarise(args.path)
+    except _read_errors(args.path) as exc:
+        return _error(_scrubbed(exc))
+
+
+def _summarise(path: str) -> int:
     from rich.table import Table
 
     from qwed_guard.audit.verify import read_records
 
-    if not os.path.exists(args.path):
-        return _error(f"{args.path}: no such file")
     outcomes: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     attempts_per_call: Counter[int] = Counter()
@@ -227,7 +274,7 @@ def _stats(args: argparse.Namespace) -> int:
     attempt_us: list[int] = []
     records = 0
     first_ts = last_ts = None
-    for record in read_records(args.path):
+    for record in read_records(path):
         records += 1
         ts = record.get("ts")
         if isinstance(ts, str):
@@ -249,7 +296,7 @@ def _stats(args: argparse.Namespace) -> int:
     calls = sum(outcomes.values())
     console = _console()
     console.print(
-        f"{os.path.basename(args.path)}: {records} records, {calls} calls, "
+        f"{_name(path)}: {records} records, {calls} calls, "
         f"{sum(attempt_outcomes.values())} attempts"
         + (f", {first_ts} .. {last_ts}" if first_ts else "")
     )

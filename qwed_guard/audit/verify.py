@@ -1,6 +1,7 @@
 """Re-verify a trail: the hash chain, the sequence, and (with the key) the signed checkpoints.
 
-Works on a JSONL trail (with its rotated files, oldest first) or an SQLite trail, streaming, and
+Works on a JSONL trail (with its rotated files, oldest first), an SQLite trail or a PostgreSQL
+trail (its `postgresql://` URL; checkpoint entries from its `<table>_checkpoints`), streaming, and
 stops at the first problem, naming its `seq` and its kind:
 
 - `edited`: a record's content no longer matches its hash, or it does not link to the previous
@@ -17,7 +18,7 @@ Only a torn *final* line (a crash mid-write) is skipped, and reported as a note.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,14 @@ def iter_lines(path: str) -> Iterator[tuple[str, bytes, bool]]:
 
     `complete` is False only for a final line without its newline (a torn write).
     """
+    from qwed_guard.audit.sinks import is_postgres_url
+
+    if is_postgres_url(path):
+        from qwed_guard.audit.sinks.postgres import iter_postgres_lines
+
+        for seq, line in iter_postgres_lines(path):
+            yield f"row seq={seq}", line, True
+        return
     path = os.path.abspath(path)
     if is_sqlite(path):
         from qwed_guard.audit.sinks.sqlite import read_sqlite_lines
@@ -112,7 +121,7 @@ class VerifyReport:
         return self.problem is None
 
     def summary(self) -> str:
-        name = os.path.basename(self.path)
+        name = self.path if "://" in self.path else os.path.basename(self.path)
         if self.problem is not None:
             where = f"seq {self.problem.seq}" if self.problem.seq is not None else "trail"
             return f"TAMPERED {name}: {where} {self.problem.kind}: {self.problem.detail}"
@@ -131,24 +140,30 @@ class VerifyReport:
 
 
 def _load_claims(path: str) -> tuple[dict[int, list[dict[str, Any]]], Problem | None]:
+    if not os.path.exists(path):
+        return {}, None
+    with open(path, "rb") as handle:
+        return _parse_claims(handle, os.path.basename(path))
+
+
+def _parse_claims(
+    lines: Iterable[bytes], name: str
+) -> tuple[dict[int, list[dict[str, Any]]], Problem | None]:
     import orjson
 
     claims: dict[int, list[dict[str, Any]]] = {}
-    if not os.path.exists(path):
-        return claims, None
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.endswith(b"\n"):
-                break  # torn by a crash while signing
-            try:
-                entry = orjson.loads(line)
-                seq = entry["seq"]
-                if not isinstance(seq, int) or not isinstance(entry["hash"], str):
-                    raise TypeError
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                detail = f"{os.path.basename(path)}:{number} is not a checkpoint entry"
-                return claims, Problem("bad_checkpoint", None, detail)
-            claims.setdefault(seq, []).append(entry)
+    for number, line in enumerate(lines, 1):
+        if not line.endswith(b"\n"):
+            break  # torn by a crash while signing
+        try:
+            entry = orjson.loads(line)
+            seq = entry["seq"]
+            if not isinstance(seq, int) or not isinstance(entry["hash"], str):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            detail = f"{name}:{number} is not a checkpoint entry"
+            return claims, Problem("bad_checkpoint", None, detail)
+        claims.setdefault(seq, []).append(entry)
     return claims, None
 
 
@@ -167,12 +182,23 @@ def _seq_later(lines: Iterator[tuple[str, bytes, bool]], wanted: int) -> bool:
 def verify_trail(
     path: str, *, key: Key | None = None, checkpoint_path: str | None = None
 ) -> VerifyReport:
-    """Verify the trail at `path` (JSONL or SQLite); see the module docstring."""
+    """Verify the trail at `path` (JSONL, SQLite or a PostgreSQL URL); see the module docstring."""
     import orjson
 
-    path = os.path.abspath(path)
-    report = VerifyReport(path, signed=key is not None)
-    claims, problem = _load_claims(checkpoint_path or path + ".checkpoints")
+    from qwed_guard.audit.sinks import is_postgres_url
+
+    if is_postgres_url(path):
+        from qwed_guard.audit.sinks.postgres import iter_postgres_checkpoints, trail_name
+
+        report = VerifyReport(trail_name(path), signed=key is not None)
+        if checkpoint_path:
+            claims, problem = _load_claims(checkpoint_path)
+        else:
+            claims, problem = _parse_claims(iter_postgres_checkpoints(path), "checkpoints table")
+    else:
+        path = os.path.abspath(path)
+        report = VerifyReport(path, signed=key is not None)
+        claims, problem = _load_claims(checkpoint_path or path + ".checkpoints")
     if problem is not None:
         report.problem = problem
         return report

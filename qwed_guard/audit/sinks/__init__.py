@@ -1,5 +1,5 @@
-"""Audit sinks, chosen by URL: `"jsonl:PATH"`, `"sqlite:PATH"`, `"memory:"`, `"loguru:LEVEL"`,
-a `Sink` object, or a list of those (each keeps its own copy)."""
+"""Audit sinks, chosen by URL: `"jsonl:PATH"`, `"sqlite:PATH"`, `"postgresql://..."`,
+`"memory:"`, `"loguru:LEVEL"`, a `Sink` object, or a list of those (each keeps its own copy)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ __all__ = [
     "JsonlSink",
     "LoguruMirror",
     "MemorySink",
+    "PostgresSink",
     "Sink",
     "SqliteSink",
     "close_all",
+    "is_postgres_url",
     "sink_from_url",
 ]
 
@@ -40,7 +42,16 @@ def __getattr__(name: str) -> Any:
         from qwed_guard.audit.sinks.sqlite import SqliteSink
 
         return SqliteSink
+    if name == "PostgresSink":  # imported on use: psycopg is an optional dependency
+        from qwed_guard.audit.sinks.postgres import PostgresSink
+
+        return PostgresSink
     raise AttributeError(name)
+
+
+def is_postgres_url(spec: object) -> bool:
+    """True for a `postgresql://` or `postgres://` URL."""
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
 
 
 def close_all() -> None:
@@ -82,6 +93,8 @@ def sink_from_url(
         raise bad_parameter(
             "sink", f"expected a URL or a Sink, got {type(spec).__name__}", wrong_type=True
         )
+    if is_postgres_url(spec):
+        return _postgres_sink(spec, fsync=fsync, key=key, **options)
     scheme, sep, rest = spec.partition(":")
     if not sep or len(scheme) == 1:  # a bare path (or a Windows drive letter)
         scheme, rest = ("sqlite" if spec.endswith(_SQLITE_SUFFIXES) else "jsonl"), spec
@@ -93,7 +106,7 @@ def sink_from_url(
         raise bad_parameter(
             "sink",
             f"unsupported sink URL {spec!r} (supported: 'jsonl:PATH', 'sqlite:PATH', "
-            "'memory:', 'loguru:LEVEL')",
+            "'postgresql://...', 'memory:', 'loguru:LEVEL')",
         )
     if not rest:
         raise bad_parameter("sink", f"{spec!r} names no file")
@@ -115,5 +128,26 @@ def sink_from_url(
                 from qwed_guard.audit.sinks.sqlite import SqliteSink
 
                 sink = SqliteSink(path, fsync=fsync, key=key, **options)
+            _registry[ident] = sink
+    return sink
+
+
+def _postgres_sink(url: str, *, fsync: FsyncMode, key: Key | None, **options: Any) -> Sink:
+    bad = sorted(k for k, v in options.items() if v is not None and k.startswith(("rot", "kee")))
+    if bad:
+        raise bad_parameter(bad[0], "rotation and retention apply to JSONL trails only")
+    options = {k: v for k, v in options.items() if not k.startswith(("rot", "kee"))}
+    ident = ("postgresql", url, fsync, key.id if key else None, tuple(sorted(options.items())))
+    with _registry_lock:
+        sink = _registry.get(ident)
+        if sink is None or sink._closed:
+            try:
+                from qwed_guard.audit.sinks.postgres import PostgresSink
+            except ImportError as exc:
+                raise bad_parameter(
+                    "sink",
+                    f"a postgresql:// sink needs psycopg ({exc}): pip install 'qwed-guard[fleet]'",
+                ) from None
+            sink = PostgresSink(url, fsync=fsync, key=key, **options)
             _registry[ident] = sink
     return sink
