@@ -13,7 +13,8 @@ PG_PORT="${QWED_GUARD_PG_PORT:-5432}"
 # A throwaway local server: the password only keeps the tests honest about password auth.
 PG_USER="qwed_guard"
 PG_DB="qwed_guard"
-PG_PASSWORD="${QWED_GUARD_PG_PASSWORD:-qwed_guard}"
+# Not a word that appears elsewhere: the sink scrubs its password from every log line.
+PG_PASSWORD="${QWED_GUARD_PG_PASSWORD:-pg-local-7c3e91}"
 WAIT_SECONDS="${QWED_GUARD_SERVICES_WAIT:-30}"
 
 REDIS_DIR="$DIR/redis"

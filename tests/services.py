@@ -29,7 +29,7 @@ SERVICES_DIR = Path(
 )
 DEFAULT_URLS = {
     "QWED_GUARD_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "QWED_GUARD_POSTGRES_URL": "postgresql://qwed_guard:qwed_guard@127.0.0.1:5432/qwed_guard",
+    "QWED_GUARD_POSTGRES_URL": "postgresql://qwed_guard:pg-local-7c3e91@127.0.0.1:5432/qwed_guard",
 }
 HOW_TO_START = "start it with `make services` (scripts/services.sh)"
 
