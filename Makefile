@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export QWED_QUIET := 1
 
-.PHONY: venv demo test lint typecheck pytest notebooks services services-stop clean
+.PHONY: venv demo test lint typecheck pytest notebooks services services-stop bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ notebooks: $(STAMP)
 	else echo "no notebooks yet"; fi
 
 test: lint typecheck pytest notebooks
+
+# Benchmarks against tenacity, backoff, stamina and loguru (not part of `make test`).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
 
 # Local Redis and PostgreSQL on 127.0.0.1 for the fleet tests (installed from Debian if missing).
 services:

@@ -18,6 +18,7 @@ import copy
 import enum
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, overload
 
 from qwed_guard import clock
@@ -268,6 +269,18 @@ def _report(
     return change
 
 
+def _count_success(gen: int, state: State | None) -> tuple[State | None, _Transition | None]:
+    """`_report`'s change for a successful call admitted while closed (no failure rate)."""
+    s = _load(state)
+    s["successes"] += 1
+    if s["gen"] == gen and s["state"] == BreakerState.CLOSED:
+        s["consecutive"] = 0
+    return s, None
+
+
+_FIRST_TICKET = _Ticket("call", 0, None, None)
+
+
 # ---------------------------------------------------------------- the inspectable breaker
 
 
@@ -383,9 +396,21 @@ class Breaker:
 
     # The two decisions every attempt goes through, and what a state change sets off.
     def admit(self) -> _Ticket:
+        store = self.store
+        if type(store) is MemoryStore:
+            # A closed breaker admits without writing anything: with the in-process store
+            # that is seen without its lock (stored states are replaced, never mutated).
+            state = store.peek(self._store_key)
+            if state is None:
+                return _FIRST_TICKET
+            if state["state"] == BreakerState.CLOSED:
+                return _Ticket("call", state["gen"], None, None)
         return self.store.update(self._store_key, _admit(self.rules, clock.wall()))
 
     def report(self, ticket: _Ticket, failed: bool | None, error: str | None) -> _Transition | None:
+        if failed is False and ticket.kind == "call" and self.rules.failure_rate is None:
+            # The success path: count it, reset the streak; it cannot trip or move anything.
+            return self.store.update(self._store_key, partial(_count_success, ticket.gen))
         change = _report(self.rules, ticket, failed, clock.wall(), error)
         return self.store.update(self._store_key, change)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -90,17 +91,26 @@ def active() -> Clock:
 
 def install(clock: Clock | None) -> Clock:
     """Make `clock` the active clock (None restores real time); returns the previous one."""
-    global _active
+    global _active, monotonic, wall
     previous = _active
     _active = clock if clock is not None else _system
+    if _active is _system:
+        # Real time is read on every call's hot path: bind the C functions themselves.
+        monotonic, wall = time.monotonic, time.time
+    else:
+        monotonic, wall = _active_monotonic, _active_wall
     return previous
 
 
-def monotonic() -> float:
-    """Monotonic seconds from the active clock."""
+def _active_monotonic() -> float:
     return _active.monotonic()
 
 
-def wall() -> float:
-    """Wall-clock seconds since the epoch from the active clock."""
+def _active_wall() -> float:
     return _active.wall()
+
+
+monotonic: Callable[[], float] = time.monotonic
+"""Monotonic seconds from the active clock (call it as `clock.monotonic()`)."""
+wall: Callable[[], float] = time.time
+"""Wall-clock seconds since the epoch from the active clock (call it as `clock.wall()`)."""

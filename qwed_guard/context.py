@@ -67,6 +67,7 @@ class Event:
 Listener = Callable[[Event], None]
 
 _call_numbers = itertools.count(1)
+_NOTHING_MUTED: frozenset[str] = frozenset()
 _process_tag = ""
 
 
@@ -100,6 +101,7 @@ class CallContext:
         "last",
         "last_result",
         "listeners",
+        "muted",
         "number",
         "policy_hash",
         "started",
@@ -115,6 +117,9 @@ class CallContext:
         self._call_id: str | None = None
         self.started = clock.monotonic()
         self.listeners: list[Listener] = []
+        self.muted: frozenset[str] = _NOTHING_MUTED
+        """Event kinds none of the current listeners wants (not even built for them): set by
+        a listener that ignores them, cleared by whoever adds a listener that wants them."""
         self.events: list[Event] | None = None
         """Every event of the call, kept only after `keep_events()` (tests, debugging)."""
         self.attempts: list[Attempt] = []
@@ -151,7 +156,7 @@ class CallContext:
 
         Nothing is built when nobody listens: most calls are unaudited successes.
         """
-        if self.listeners or self.events is not None:
+        if (self.listeners and kind not in self.muted) or self.events is not None:
             event = Event(kind, clock.wall(), self.attempt, data)
             if self.events is not None:
                 self.events.append(event)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import wrapt
@@ -24,7 +25,7 @@ from qwed_guard.context import (
     _current,
     open_call,
 )
-from qwed_guard.outcomes import Diagnosis, Outcome, diagnose
+from qwed_guard.outcomes import _VERIFIED, Diagnosis, Outcome, diagnose
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,15 +70,25 @@ def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, resul
     ctx.attempts.append(attempt)
     ctx.last = diagnosis
     ctx.last_result = result
-    ctx.emit(ATTEMPT_ENDED, record=attempt, result=result, diagnosis=diagnosis)
+    if ctx.listeners or ctx.events is not None:
+        ctx.emit(ATTEMPT_ENDED, record=attempt, result=result, diagnosis=diagnosis)
     return attempt
+
+
+def _diagnose_result(ctx: CallContext, result: Any) -> Diagnosis:
+    # A QWED result with `verified=True` is verified whatever else is known: skip the classifier
+    # machinery on the path nearly every call takes.
+    if ctx.classifier is None and getattr(result, "verified", None) is True:
+        return _VERIFIED
+    return diagnose(result, wire=ctx.wire, classifier=ctx.classifier)
 
 
 def _run_attempt(
     ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     ctx.wire = None
-    ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+    if ctx.events is not None or (ctx.listeners and ATTEMPT_STARTED not in ctx.muted):
+        ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
@@ -88,7 +99,7 @@ def _run_attempt(
         raise
     finally:
         ctx.in_user_code = False
-    record_attempt(ctx, diagnose(result, wire=ctx.wire, classifier=ctx.classifier), started, result)
+    record_attempt(ctx, _diagnose_result(ctx, result), started, result)
     return result
 
 
@@ -99,7 +110,8 @@ async def _run_attempt_async(
     kwargs: dict[str, Any],
 ) -> Any:
     ctx.wire = None
-    ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+    if ctx.events is not None or (ctx.listeners and ATTEMPT_STARTED not in ctx.muted):
+        ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
@@ -110,7 +122,7 @@ async def _run_attempt_async(
         raise
     finally:
         ctx.in_user_code = False
-    record_attempt(ctx, diagnose(result, wire=ctx.wire, classifier=ctx.classifier), started, result)
+    record_attempt(ctx, _diagnose_result(ctx, result), started, result)
     return result
 
 
@@ -136,9 +148,80 @@ def _function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _sync_wrapper(
-    layer: Layer, innermost: bool, name: str, policy_hash: str | None = None
-) -> Callable[..., Any]:
+Chain = tuple[tuple[Layer, "str | None"], ...]
+"""A function's layers, outermost first, each with the policy hash it stamps (if any)."""
+
+
+def _stamped(layer: Layer, policy_hash: str, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+    ctx.policy_hash = policy_hash
+    return layer.around(ctx, proceed)
+
+
+def _stamped_async(
+    layer: Layer, policy_hash: str, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]
+) -> Awaitable[Any]:
+    ctx.policy_hash = policy_hash
+    return layer.around_async(ctx, proceed)
+
+
+def _links(
+    chain: Chain, is_async: bool
+) -> tuple[tuple[Callable[..., Any], str | None, Layer], ...]:
+    """Each layer's entry point, innermost first, as a call's `proceed` chain is built."""
+    links: list[tuple[Callable[..., Any], str | None, Layer]] = []
+    for layer, policy_hash in reversed(chain):
+        links.append((layer.around_async if is_async else layer.around, policy_hash, layer))
+    return tuple(links)
+
+
+def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any]:
+    """One wrapper that runs every layer of `chain` around the function.
+
+    A stack of decorators collapses into this single wrapper: the layers see the same
+    `proceed()` as if each had its own, but a call pays for one wrapper, not one per layer.
+    The `proceed` of each layer is a `functools.partial`, made per call (it carries the call).
+    """
+    links = _links(chain, is_async)
+    run = _run_attempt_async if is_async else _run_attempt
+    stamped = _stamped_async if is_async else _stamped
+    outer_around, outer_hash, _ = links[-1]
+    inner = links[:-1]
+
+    def build(
+        ctx: CallContext, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> Callable[[], Any]:
+        proceed: Callable[[], Any] = partial(run, ctx, wrapped, args, kwargs)
+        for around, policy_hash, layer in inner:
+            if policy_hash is None:
+                proceed = partial(around, ctx, proceed)
+            else:
+                proceed = partial(stamped, layer, policy_hash, ctx, proceed)
+        return proceed
+
+    if is_async:
+
+        async def async_wrapper(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            ctx = _current.get()
+            owner = ctx is None or ctx.in_user_code
+            if owner:
+                ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
+                token = _current.set(ctx)
+            assert ctx is not None
+            if outer_hash is not None:
+                ctx.policy_hash = outer_hash
+            try:
+                return await outer_around(ctx, build(ctx, wrapped, args, kwargs))
+            finally:
+                if owner:
+                    _current.reset(token)
+
+        return async_wrapper
+
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -149,57 +232,10 @@ def _sync_wrapper(
             ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
-        if policy_hash is not None:
-            ctx.policy_hash = policy_hash
-        if innermost:
-            call_ctx = ctx
-
-            def proceed() -> Any:
-                return _run_attempt(call_ctx, wrapped, args, kwargs)
-
-        else:
-
-            def proceed() -> Any:
-                return wrapped(*args, **kwargs)
-
+        if outer_hash is not None:
+            ctx.policy_hash = outer_hash
         try:
-            return layer.around(ctx, proceed)
-        finally:
-            if owner:
-                _current.reset(token)
-
-    return wrapper
-
-
-def _async_wrapper(
-    layer: Layer, innermost: bool, name: str, policy_hash: str | None = None
-) -> Callable[..., Any]:
-    async def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        ctx = _current.get()
-        owner = ctx is None or ctx.in_user_code
-        if owner:
-            # The context sees the arguments as the caller wrote them, `self` included.
-            ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
-            token = _current.set(ctx)
-        assert ctx is not None
-        if policy_hash is not None:
-            ctx.policy_hash = policy_hash
-        if innermost:
-            call_ctx = ctx
-
-            def proceed() -> Awaitable[Any]:
-                return _run_attempt_async(call_ctx, wrapped, args, kwargs)
-
-        else:
-
-            def proceed() -> Awaitable[Any]:
-                result: Awaitable[Any] = wrapped(*args, **kwargs)
-                return result
-
-        try:
-            return await layer.around_async(ctx, proceed)
+            return outer_around(ctx, build(ctx, wrapped, args, kwargs))
         finally:
             if owner:
                 _current.reset(token)
@@ -232,6 +268,7 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
     """A function wrapped by one qwed_guard layer (and, through it, by the layers below)."""
 
     __bound_function_wrapper__ = _BoundGuardedFunction
+    _self_chain: Chain
 
     def __init__(
         self, fn: Callable[..., Any], layer: Layer, *, policy_hash: str | None = None
@@ -239,16 +276,20 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
         if not callable(fn):
             raise TypeError(f"@{layer.kind} decorates a callable, got {type(fn).__name__}")
         below = fn if type(fn) is GuardedFunction else None
-        innermost = below is None
         name = _function_name(fn)
         layer = layer.bind(fn, name)
-        if inspect.iscoroutinefunction(fn):
-            wrapper = _async_wrapper(layer, innermost, name, policy_hash)
-        else:
-            wrapper = _sync_wrapper(layer, innermost, name, policy_hash)
-        super().__init__(fn, wrapper)
+        # Stacked decorators collapse: one wrapper around the function runs every layer.
+        chain: Chain = ((layer, policy_hash),)
+        target: Callable[..., Any] = fn
+        if below is not None:
+            below_chain: Chain = below._self_chain
+            chain += below_chain
+            target = below.__wrapped__
+        wrapper = _chain_wrapper(chain, name, inspect.iscoroutinefunction(target))
+        super().__init__(target, wrapper)
         self._self_layer = layer
         self._self_below = below
+        self._self_chain = chain
 
     @property
     def guard_layers(self) -> list[Layer]:

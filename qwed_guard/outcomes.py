@@ -99,6 +99,8 @@ _TRANSIENT_EXCEPTION_NAMES = frozenset(
         "TransportError",
         "NetworkError",
         "RemoteProtocolError",
+        # A garbled 200 body raised by an SDK, as the text rule above reads it from QWEDLocal.
+        "JSONDecodeError",
     }
 )
 

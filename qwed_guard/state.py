@@ -55,6 +55,11 @@ class MemoryStore:
             value = self._data.get(key)
             return dict(value) if value is not None else None
 
+    def peek(self, key: str) -> State | None:
+        """The stored state itself, read without the lock (a dict read is atomic): for hot
+        paths that only decide whether an `update` is needed. Never mutate what it returns."""
+        return self._data.get(key)
+
     def keys(self) -> list[str]:
         with self._lock:
             return list(self._data)

@@ -251,8 +251,8 @@ def test_policy_behaves_like_hand_stacked_decorators(case: Case, mode: str) -> N
         assert by_policy.pop("audit_policy") == {policy.hash}
         stamped = json.dumps(by_policy["audit"], default=str)
         if "alert_sent" in stamped:
-            assert f"policy_hash='{policy.hash}'" in stamped
-        by_policy["audit"] = json.loads(stamped.replace(f"'{policy.hash}'", "None"))
+            assert f'"policy_hash": "{policy.hash}"' in stamped
+        by_policy["audit"] = json.loads(stamped.replace(f'"{policy.hash}"', "null"))
         by_hand["audit"] = json.loads(json.dumps(by_hand["audit"], default=str))
         assert len(by_hand["audit"]) > CALLS
     assert by_policy == by_hand

@@ -340,7 +340,9 @@ class AlertLayer(Layer):
             self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
             raise
         diagnosis = call_diagnosis(ctx)
-        self._observe(ctx, diagnosis, failed=diagnosis.outcome is not Outcome.VERIFIED)
+        failed = diagnosis.outcome is not Outcome.VERIFIED
+        if failed or not self._steady(ctx):
+            self._observe(ctx, diagnosis, failed=failed)
         return result
 
     async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
@@ -350,8 +352,20 @@ class AlertLayer(Layer):
             self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
             raise
         diagnosis = call_diagnosis(ctx)
-        self._observe(ctx, diagnosis, failed=diagnosis.outcome is not Outcome.VERIFIED)
+        failed = diagnosis.outcome is not Outcome.VERIFIED
+        if failed or not self._steady(ctx):
+            self._observe(ctx, diagnosis, failed=failed)
         return result
+
+    def _steady(self, ctx: CallContext) -> bool:
+        """True when a success changes nothing: `decide` keeps no state and sends no alert for
+        a healthy key. With the in-process store that is seen without taking its lock."""
+        store = self.store
+        return (
+            type(store) is MemoryStore
+            and self.rules.rate_threshold is None
+            and store.peek(_STATE_PREFIX + (self.key or ctx.function)) is None
+        )
 
     def _observe(self, ctx: CallContext, diagnosis: Diagnosis, *, failed: bool) -> None:
         key = self.key or ctx.function

@@ -18,8 +18,17 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from qwed_guard import clock
+from qwed_guard.audit import record as _record
 from qwed_guard.audit.chain import Key, key_from_env, redact_mac
-from qwed_guard.audit.record import SCHEMA, float_text, jsonable, rfc3339, scrub, versions
+from qwed_guard.audit.record import (
+    SCHEMA,
+    Record,
+    float_text,
+    jsonable,
+    rfc3339,
+    scrub,
+    versions,
+)
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
 from qwed_guard.context import (
     ATTEMPT_ENDED,
@@ -54,9 +63,14 @@ def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
         return outcome is Outcome.VERIFIED, jsonable(result), None
     value = getattr(result, "value", None)
     confidence = getattr(result, "confidence", None)
+    kind = type(value)
     return (
         verified is True,
-        value if value is None or type(value) is int else jsonable(value),
+        value
+        if value is None or kind is int
+        else float_text(value)
+        if kind is float
+        else jsonable(value),
         float_text(confidence) if type(confidence) is float else jsonable(confidence),
     )
 
@@ -125,14 +139,14 @@ class _Call:
         self.events: list[Event] = []
         self.failure: BaseException | None = None
         self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
-        qwed_version, guard_version = versions()
+        qwed_version, guard_version = _record._versions or versions()
         # The fields every record of this call shares.
         self.common: dict[str, Any] = {
             "v": SCHEMA,
             "call_id": self.call_id,
             "function": layer._function,
             "query": layer._query_value(ctx),
-            "context": layer._context_value(ctx),
+            "context": layer._context_value(ctx) if ctx.fields or layer.context else {},
             "policy": ctx.policy_hash,
             "qwed": qwed_version,
             "qwed_guard": guard_version,
@@ -155,21 +169,23 @@ class _Call:
         verified, value, confidence = fields
         error = attempt.error
         number = attempt.number
-        record = {
-            **self.common,
-            "id": f"{self.call_id}/a{number}",
-            "ts": rfc3339(event.wall),
-            "event": "attempt",
-            "attempt": number,
-            "outcome": outcome._value_,
-            "verified": verified,
-            "value": value,
-            "confidence": confidence,
-            "error": scrub(error) if error else None,
-            "status": attempt.status,
-            "duration_us": round(attempt.duration * 1_000_000),
-            "wait_us": round(attempt.wait_before * 1_000_000),
-        }
+        record = Record(self.common)
+        record.update(
+            {
+                "id": f"{self.call_id}/a{number}",
+                "ts": rfc3339(event.wall),
+                "event": "attempt",
+                "attempt": number,
+                "outcome": outcome._value_,
+                "verified": verified,
+                "value": value,
+                "confidence": confidence,
+                "error": scrub(error) if error else None,
+                "status": attempt.status,
+                "duration_us": round(attempt.duration * 1_000_000),
+                "wait_us": round(attempt.wait_before * 1_000_000),
+            }
+        )
         self.layer._write(self, record)
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
@@ -215,23 +231,25 @@ class _Call:
                     continue  # the call's own `reason`
                 item[scrub(str(name))] = jsonable(datum)
             events.append(item)
-        record = {
-            **self.common,
-            "id": f"{self.call_id}/call",
-            "ts": rfc3339(clock.wall()),
-            "event": "call",
-            "attempt": len(ctx.attempts),
-            "outcome": outcome._value_,
-            "verified": verified,
-            "value": value,
-            "confidence": confidence,
-            "error": scrub(error) if error else None,
-            "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
-            "source": source,
-            "reason": scrub(reason) if reason else None,
-            "exception": exception,
-            "events": events,
-        }
+        record = Record(self.common)
+        record.update(
+            {
+                "id": f"{self.call_id}/call",
+                "ts": rfc3339(clock.wall()),
+                "event": "call",
+                "attempt": len(ctx.attempts),
+                "outcome": outcome._value_,
+                "verified": verified,
+                "value": value,
+                "confidence": confidence,
+                "error": scrub(error) if error else None,
+                "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
+                "source": source,
+                "reason": scrub(reason) if reason else None,
+                "exception": exception,
+                "events": events,
+            }
+        )
         self.layer._write(self, record)
 
 
@@ -368,6 +386,8 @@ class AuditLayer(Layer):
             except Exception as exc:
                 self._failed(call, exc)
                 return
+            if type(record) is Record:  # maybe changed in place: no longer known to be plain
+                record = dict(record)
         try:
             self.sink.append((record,))
         except Exception as exc:
@@ -393,16 +413,21 @@ class AuditLayer(Layer):
     def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
         call = _Call(self, ctx)
         listeners = ctx.listeners
+        muted = ctx.muted
+        if not listeners:  # the only listener: nobody needs the events it ignores built
+            ctx.muted = _QUIET_EVENTS
         listeners.append(call)
         try:
             result = proceed()
         except BaseException as exc:
             listeners.remove(call)
+            ctx.muted = muted
             call.finish(None, exc)
             if not isinstance(exc, _NOT_AUDIT_FAILURES):
                 self._raise_if_failed(call)
             raise
         listeners.remove(call)
+        ctx.muted = muted
         call.finish(result, None)
         self._raise_if_failed(call)
         return result
@@ -410,16 +435,21 @@ class AuditLayer(Layer):
     async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
         call = _Call(self, ctx)
         listeners = ctx.listeners
+        muted = ctx.muted
+        if not listeners:  # the only listener: nobody needs the events it ignores built
+            ctx.muted = _QUIET_EVENTS
         listeners.append(call)
         try:
             result = await proceed()
         except BaseException as exc:
             listeners.remove(call)
+            ctx.muted = muted
             call.finish(None, exc)
             if not isinstance(exc, _NOT_AUDIT_FAILURES):
                 self._raise_if_failed(call)
             raise
         listeners.remove(call)
+        ctx.muted = muted
         call.finish(result, None)
         self._raise_if_failed(call)
         return result

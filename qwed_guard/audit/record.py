@@ -12,6 +12,7 @@ other record goes through `rfc8785` itself.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import time
@@ -24,6 +25,7 @@ __all__ = [
     "FIELDS",
     "GENESIS",
     "SCHEMA",
+    "Record",
     "canonical",
     "jsonable",
     "rfc3339",
@@ -70,6 +72,17 @@ FIELDS: dict[str, str] = {
 }
 
 
+class Record(dict[str, Any]):
+    """A record as the audit layer builds it: a dict whose values are plain JSON data already
+    (str, safe int, bool, None, and lists and str-keyed dicts of those; no floats).
+
+    Sealing trusts that and skips the type walk every other dict goes through. Whoever changes
+    a Record's values (a redactor) hands on a plain `dict` instead.
+    """
+
+    __slots__ = ()
+
+
 def _simple(obj: Any) -> bool:
     """True when orjson's sorted output equals RFC 8785 for `obj`."""
     kind = type(obj)
@@ -77,7 +90,7 @@ def _simple(obj: Any) -> bool:
         return True
     if kind is int:
         return bool(-MAX_SAFE_INT <= obj <= MAX_SAFE_INT)
-    if kind is dict:
+    if kind is dict or kind is Record:
         for key, value in obj.items():
             if type(key) is not str or not key.isascii() or not _simple(value):
                 return False
@@ -87,25 +100,85 @@ def _simple(obj: Any) -> bool:
     return False
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+_PLAIN = _SCALARS | {dict, list}
+
+
+def _plain_types(values: Any) -> bool:
+    """True when `values` hold only str/int/bool/None and dicts/lists of those (recursively).
+
+    The cheap half of `_simple`, run in C over each container: key types and ASCII-ness and
+    integer ranges are left to the strict orjson call that follows it.
+    """
+    kinds = set(map(type, values))
+    if kinds <= _SCALARS:
+        return True
+    if not kinds <= _PLAIN:
+        return False
+    for value in values:
+        kind = type(value)
+        if kind is dict:
+            if not _plain_types(value.values()):
+                return False
+        elif kind is list and not _plain_types(value):
+            return False
+    return True
+
+
 _sorted_dumps: Callable[[Any], bytes] | None = None
+_strict_dumps: Callable[[Any], bytes] | None = None
+_record_dumps: Callable[[Any], bytes] | None = None
 
 
 def _load_orjson() -> Callable[[Any], bytes]:
     # Imported on first use: orjson costs about 10 ms at `import qwed_guard` otherwise.
-    global _sorted_dumps
+    global _sorted_dumps, _strict_dumps, _record_dumps
     import orjson
 
     option = orjson.OPT_SORT_KEYS
+    # A Record's values are plain already; strict integers still guard the 2**53 limit.
+    record_option = option | orjson.OPT_STRICT_INTEGER
+    # Refuses (TypeError) integers beyond 2**53, non-str keys and str/int subclasses: what
+    # RFC 8785 and `_simple` do not accept as plain JSON.
+    strict = (
+        option
+        | orjson.OPT_STRICT_INTEGER
+        | orjson.OPT_PASSTHROUGH_SUBCLASS
+        | orjson.OPT_PASSTHROUGH_DATACLASS
+        | orjson.OPT_PASSTHROUGH_DATETIME
+    )
 
     def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, option=option)
 
-    _sorted_dumps = dumps
+    def strict_dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=strict)
+
+    def record_dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=record_option)
+
+    _sorted_dumps, _strict_dumps, _record_dumps = dumps, strict_dumps, record_dumps
     return dumps
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The RFC 8785 (JCS) bytes of `record`: orjson when that is provably the same, else rfc8785."""
+    kind = type(record)
+    if kind is Record or (kind is dict and _plain_types(record.values())):
+        # The fast path, same bytes as below: the type walk plus orjson's strict mode refuse
+        # everything `_simple` refuses except non-ASCII keys, which only non-ASCII output holds.
+        strict = _record_dumps if kind is Record else _strict_dumps
+        if strict is None:
+            _load_orjson()
+            strict = _record_dumps if kind is Record else _strict_dumps
+            assert strict is not None
+        try:
+            body = strict(record)
+        except TypeError:
+            pass
+        else:
+            if body.isascii() or _simple(record):
+                return body
     if _simple(record):
         dumps = _sorted_dumps or _load_orjson()
         try:
@@ -114,7 +187,7 @@ def canonical(record: Mapping[str, Any]) -> bytes:
             return dumps(_without_surrogates(record))
     import rfc8785  # only for records with floats, non-ASCII keys or other exotic content
 
-    return rfc8785.dumps(record)
+    return rfc8785.dumps(dict(record) if type(record) is Record else record)
 
 
 def _without_surrogates(obj: Any) -> Any:
@@ -221,6 +294,11 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return float_text(float(value))
     if isinstance(value, BaseException):
         return scrub(f"{type(value).__name__}: {value}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # An event's Alert (or any dataclass) as its fields, which any reader can parse, not
+        # as its Python repr.
+        fields = dataclasses.fields(value)
+        return {f.name: jsonable(getattr(value, f.name), depth + 1) for f in fields}
     return scrub(str(value))
 
 

@@ -177,6 +177,9 @@ class _Stats:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's listen backlog is 5: a burst of new connections (100 async tasks) then
+    # loses SYNs, and each lost one costs the client a 1 s retransmit.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], sim: SimulatedLLM) -> None:
         self.sim = sim

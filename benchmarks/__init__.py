@@ -1,0 +1,1 @@
+"""Benchmarks and the chaos suite (`make bench`, `make chaos`)."""
