@@ -43,6 +43,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
+# The production policy under the simulator's worst, 3 x 10,000 calls (not part of `make test`).
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos
+
 # Local Redis and PostgreSQL on 127.0.0.1 for the fleet tests (installed from Debian if missing).
 services:
 	bash scripts/services.sh start

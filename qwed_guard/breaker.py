@@ -60,6 +60,8 @@ class BreakerState(enum.StrEnum):
 
 DEFAULT_FAILURE_ON: frozenset[Outcome] = frozenset({Outcome.TRANSIENT, Outcome.PERMANENT})
 """Provider failures. Refuted and unverifiable answers are the model's fault, not an outage."""
+DEFAULT_FAILURE_THRESHOLD = 5
+"""Failed attempts in a row that open a breaker given no rule at all."""
 _COUNTABLE = frozenset(
     {Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.REFUTED, Outcome.UNVERIFIABLE}
 )
@@ -537,7 +539,7 @@ class CircuitBreakerLayer(Layer):
     def __init__(
         self,
         *,
-        failure_threshold: int | None = 5,
+        failure_threshold: int | None = None,
         recovery_timeout: float = 30.0,
         failure_rate: float | None = None,
         window: int = 20,
@@ -569,7 +571,9 @@ class CircuitBreakerLayer(Layer):
             if min_calls > window:
                 raise bad_parameter("min_calls", f"must be <= window ({window}), got {min_calls}")
         if failure_threshold is None and failure_rate is None:
-            raise bad_parameter("failure_threshold", "give failure_threshold, failure_rate or both")
+            # No rule given: the common one. Given only a rate, only the rate: a policy file
+            # (TOML has no null) must be able to ask for a rate rule without a count rule.
+            failure_threshold = DEFAULT_FAILURE_THRESHOLD
         if isinstance(recovery_timeout, bool) or not isinstance(recovery_timeout, (int, float)):
             raise bad_parameter(
                 "recovery_timeout",
@@ -703,7 +707,7 @@ def circuit_breaker(fn: F, /) -> F: ...
 @overload
 def circuit_breaker(
     *,
-    failure_threshold: int | None = 5,
+    failure_threshold: int | None = None,
     recovery_timeout: float = 30.0,
     failure_rate: float | None = None,
     window: int = 20,
@@ -722,6 +726,7 @@ def circuit_breaker(fn: Callable[..., Any] | None = None, /, **params: Any) -> A
 
     Opens after `failure_threshold` failed attempts in a row, or (with `failure_rate`) when at
     least that share of the last `window` attempts failed, once `min_calls` have been seen.
+    Without either rule it uses 5 in a row; with only `failure_rate`, only the rate rule.
     While open, calls raise `CircuitOpen` at once without calling the function; `@retry` does
     not retry that and `@fallback` returns its value. After `recovery_timeout` seconds it admits
     up to `half_open_probes` probe calls at a time, closes after `success_threshold` of them

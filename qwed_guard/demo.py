@@ -130,9 +130,9 @@ def demo_policy(audit_path: str) -> Policy:
     """The production preset as the demo runs it.
 
     The seed's exercise (3 tries at 1 s then 2 s, a conservative fallback, an alert after 5
-    failed calls in a row, every attempt audited) with a circuit breaker tuned to the demo's
-    scale: it opens when 80% of the last 20 attempts failed, which the `flaky` profile never
-    reaches and an outage does at once, and probes again after 2 s.
+    failed calls in a row, every attempt audited, a circuit breaker that opens when 80% of the
+    last 50 attempts failed, which the `flaky` profile never reaches and an outage does at
+    once), with the breaker's recovery timeout scaled to the demo: it probes again after 2 s.
     """
     from qwed_guard.policy import Policy
 
@@ -141,14 +141,7 @@ def demo_policy(audit_path: str) -> Policy:
         fallback_value=None,  # no verified answer: the caller routes the question to a person
         audited={"sink": f"jsonl:{audit_path}", "fsync": "batch"},
         alert_on_failures={"key": "demo.verify_math"},
-        circuit_breaker={
-            "key": "demo.verify_math",
-            "failure_threshold": None,
-            "failure_rate": 0.8,
-            "window": 20,
-            "min_calls": 10,
-            "recovery_timeout": 2.0,
-        },
+        circuit_breaker={"key": "demo.verify_math", "recovery_timeout": 2.0},
     )
 
 

@@ -215,6 +215,19 @@ def test_failure_rate_over_a_window_catches_flapping(fake_clock: FakeClock) -> N
     assert consecutive_only.breaker.opened == 0
 
 
+def test_the_count_rule_applies_unless_only_a_rate_is_given(fake_clock: FakeClock) -> None:
+    steps = ["ok"] * 10 + ["fail"] * 5
+    default = circuit_breaker(recovery_timeout=10)(Provider(*steps))
+    rate_only = circuit_breaker(failure_rate=0.8, window=20, min_calls=10)(Provider(*steps))
+    both = circuit_breaker(failure_threshold=5, failure_rate=0.8)(Provider(*steps))
+    for _ in steps:
+        call(default), call(rate_only), call(both)
+    assert default.breaker.state is OPEN  # 5 in a row, the rule when none is given
+    assert both.breaker.state is OPEN
+    assert rate_only.breaker.state is CLOSED  # 5 of the last 15 failed: 33% < 80%
+    assert "failure_threshold" not in rate_only.guard_layers[0].describe()
+
+
 def test_failure_rate_only_looks_at_the_window(fake_clock: FakeClock) -> None:
     steps = ["ok"] * 6 + ["fail"] * 2
     fn = circuit_breaker(failure_rate=0.5, window=4, min_calls=4, failure_threshold=None)(
@@ -489,7 +502,6 @@ def test_describe_lists_the_rules() -> None:
             {"failure_rate": 0.5, "window": 5, "min_calls": 6},
             "min_calls: must be <= window (5), got 6",
         ),
-        ({"failure_threshold": None}, "failure_threshold: give failure_threshold, failure_rate"),
         ({"recovery_timeout": -1}, "recovery_timeout: must be >= 0, got -1"),
         ({"recovery_timeout": "30s"}, "recovery_timeout: must be a number of seconds, got str"),
         ({"failure_on": ["verified"]}, "failure_on: verified cannot count as a failure"),
