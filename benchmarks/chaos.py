@@ -242,6 +242,7 @@ class AsyncVerifier:
         import openai
 
         self.model = model
+        self.in_flight = 0
         self._http = httpx2.AsyncClient(
             timeout=timeout, event_hooks={"response": [_record_failing_response]}
         )
@@ -250,10 +251,19 @@ class AsyncVerifier:
         )
 
     async def _ask(self, prompt: str) -> str:
-        response = await self._client.chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0.0
-        )
+        self.in_flight += 1
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0.0
+            )
+        finally:
+            self.in_flight -= 1
         return response.choices[0].message.content or ""
+
+    async def settled(self) -> None:
+        """Return once no request is in flight (polling in real milliseconds)."""
+        while self.in_flight:
+            await asyncio.sleep(0.001)
 
     async def verify_math(self, query: str) -> Any:
         answer = await self._ask(ANSWER_PROMPT.format(query=query))
@@ -377,9 +387,10 @@ async def run_tasks(
     concurrency: int,
     on_start: Callable[[int], None],
     pause: float = 0.0,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> list[CallResult]:
     """Every question once, from `concurrency` asyncio tasks, each pausing `pause` seconds
-    after every call."""
+    after every call (first awaiting `settle`, when given)."""
     results: list[CallResult | None] = [None] * len(questions)
     counter = itertools.count()
 
@@ -387,6 +398,8 @@ async def run_tasks(
         while (index := next(counter)) < len(questions):
             on_start(index)
             results[index] = await call_async(fn, index, questions[index])
+            if settle is not None:
+                await settle()
             if pause:
                 await clock.active().asleep(pause)
 
@@ -734,7 +747,14 @@ def run_scenario(
                 nonlocal fn, decisions
                 fn, decisions = afn, watch_alerts(afn)
                 try:
-                    return await run_tasks(afn, questions, scenario.concurrency, on_start, pause)
+                    # Under a fake clock a pause costs no real time: while one probe's real
+                    # request is in flight, tasks whose calls the open breaker refused at once
+                    # would run through hundreds of calls and virtual seconds (the outage with
+                    # them). There, time moves on only once the requests in flight are answered.
+                    settle = verifier.settled if is_testing() else None
+                    return await run_tasks(
+                        afn, questions, scenario.concurrency, on_start, pause, settle
+                    )
                 finally:
                     await verifier.aclose()
 
