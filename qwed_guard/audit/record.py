@@ -201,7 +201,9 @@ def _without_surrogates(obj: Any) -> Any:
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    digest = hashlib.sha256(prev_hash.encode("ascii"))
+    digest.update(body)  # not `prev + body`: no copy of the record's bytes
+    return digest.hexdigest()
 
 
 def seal(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:

@@ -96,7 +96,9 @@ class ChainedSink:
         _live.add(self)
 
     def _init_batch_state(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # `append` takes the bare lock (C-level) and only notifies through the condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pending: list[dict[str, Any]] = []
         self._inflight = 0
         self._flushes = 0
@@ -125,18 +127,20 @@ class ChainedSink:
                     raise AuditError(f"{self.describe()}: the sink is closed")
                 self._commit(list(records), self.fsync == "always")
             return
-        cond = self._cond
-        with cond:
+        with self._lock:
             if self._error is not None:
                 raise AuditError(f"{self.describe()}: {self._error}") from self._error
             if self._closing:
                 raise AuditError(f"{self.describe()}: the sink is closed")
             if self._thread is None:
                 self._start_writer()
-            notify = not self._pending
-            self._pending.extend(records)
-            if notify or len(self._pending) >= self.batch_size:
-                cond.notify_all()
+            pending = self._pending
+            before = len(pending)
+            pending.extend(records)
+            # Wake the writer when the queue starts, and once when it makes a full batch: not
+            # on every append past that (the writer may not have run yet to take it).
+            if not before or before < self.batch_size <= len(pending):
+                self._cond.notify_all()
 
     def flush(self) -> None:
         if self.fsync != "batch":

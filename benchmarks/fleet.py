@@ -1,0 +1,245 @@
+"""`make bench` section 7: state in Redis against in-process state, and the PostgreSQL audit
+sink against the JSONL sink, on the servers `make services` starts.
+
+- Calls/s through `fallback(alert_on_failures(circuit_breaker(fn)))`, the layers that keep
+  state, with `state="memory:"` and with `state="redis://..."`: once for a function that always
+  succeeds (a healthy call reads the state and writes nothing) and once for one that fails
+  every other call (every call changes the state: a failure counts, the success after it
+  resets).
+- Audit records/s of `PostgresSink` (`fsync="batch"`: one transaction, under the chain's
+  advisory lock, per batch) against `JsonlSink` (`fsync="batch"`), same records, one thread.
+
+A server that does not answer gives a row saying so (and how to start it) instead of figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from benchmarks.run import QUERY, RESULT, Section, _audit_record, _throughput
+
+__all__ = ["run"]
+
+SERVICES_ENV = Path(os.environ.get("TMPDIR") or "/tmp") / "qwed-guard-services" / "env"
+DEFAULT_URLS = {
+    "QWED_GUARD_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "QWED_GUARD_POSTGRES_URL": "postgresql://qwed_guard:pg-local-7c3e91@127.0.0.1:5432/qwed_guard",
+}
+HOW_TO_START = "start it with `make services`"
+
+
+def service_url(name: str) -> str:
+    """From the environment, else the env file `make services` writes, else the default."""
+    if os.environ.get(name):
+        return os.environ[name]
+    if SERVICES_ENV.is_file():
+        for line in SERVICES_ENV.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == name and value.strip():
+                return value.strip()
+    return DEFAULT_URLS[name]
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _postgres_answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+
+
+def _stateful_stack(state: str, fail_every_other: bool) -> Callable[[], Any]:
+    from qwed_guard import alert_on_failures, circuit_breaker, fallback
+
+    calls = iter(range(10**12))
+
+    def provider(query: str) -> Any:
+        if fail_every_other and next(calls) % 2:
+            raise ConnectionError("connection reset by peer")
+        return RESULT
+
+    key = f"bench-{uuid.uuid4().hex[:8]}"  # each contender its own alert and breaker state
+    # A count the alternating failures never reach: the breaker stays closed and keeps counting.
+    wrapped = circuit_breaker(failure_threshold=1000, key=key, state=state)(provider)
+    wrapped = alert_on_failures(threshold=5, notify=[], key=key, state=state)(wrapped)
+    guarded = fallback(value=0.0)(wrapped)
+    return lambda: guarded(QUERY)
+
+
+def _calls_per_second(call: Callable[[], Any], n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        call()
+    return n / (time.perf_counter() - started)
+
+
+def _state_rows(section: Section, quick: bool, redis_url: str) -> None:
+    prefix = f"qwed-guard-bench:{uuid.uuid4().hex[:8]}:"
+    redis_state = f"{redis_url}?prefix={prefix}&ttl=600"
+    n = 1_000 if quick else 5_000
+    repeats = 3 if quick else 5
+    contenders = {
+        (workload, where): _stateful_stack(state, fail)
+        for workload, fail in (("always succeeds", False), ("fails every other call", True))
+        for where, state in (("memory", "memory:"), ("redis", redis_state))
+    }
+    for call in contenders.values():  # warm-up: connections, scripts loaded, lazy imports
+        _calls_per_second(call, 50)
+    samples: dict[tuple[str, str], list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    rng = random.Random(13)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(_calls_per_second(contenders[name], n))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    for workload in ("always succeeds", "fails every other call"):
+        memory, redis = medians[(workload, "memory")], medians[(workload, "redis")]
+        section.rows.append([f"calls/s, {workload}, state in memory", memory, "1.00x"])
+        section.rows.append(
+            [f"calls/s, {workload}, state in Redis", redis, f"{redis / memory:.2f}x"]
+        )
+    section.data["state"] = {f"{w} / {s}": v for (w, s), v in medians.items()}
+    _forget_keys(redis_url, prefix)
+
+
+def _forget_keys(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path) -> None:
+    import psycopg
+
+    from qwed_guard.audit.record import Record
+    from qwed_guard.audit.sinks import JsonlSink
+    from qwed_guard.audit.sinks.postgres import PostgresSink
+
+    template = _audit_record()
+    n = 5_000 if quick else 20_000
+    repeats = 3 if quick else 5
+    counter = iter(range(10**9))
+    tables: list[str] = []
+    ids = iter(range(10**12))
+
+    def fresh(record: dict[str, Any]) -> Record:
+        # PostgreSQL keeps one row per record id (replays are idempotent): every id distinct.
+        copy = Record(record)
+        copy["id"] = f"bench/{next(ids)}"
+        return copy
+
+    def jsonl() -> float:
+        path = workdir / f"fleet-audit-{next(counter)}.jsonl"
+        sink = JsonlSink(path, fsync="batch")
+        try:
+            return _throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
+        finally:
+            for suffix in ("", ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(path) + suffix)
+
+    def postgres() -> float:
+        table = f"bench_audit_{os.getpid()}_{next(counter)}"
+        tables.append(table)
+        spool = workdir / f"{table}.spool.jsonl"
+        sink = PostgresSink(postgres_url, fsync="batch", table=table, spool=spool)
+        return _throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
+
+    contenders: dict[str, Callable[[], float]] = {
+        "audit records/s, JSONL (fsync=batch)": jsonl,
+        "audit records/s, PostgreSQL (fsync=batch)": postgres,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    rng = random.Random(17)
+    try:
+        for _ in range(repeats):
+            rng.shuffle(order)
+            for name in order:
+                samples[name].append(contenders[name]())
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for table in tables:
+                conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_checkpoints")
+                conn.execute(f"DROP FUNCTION IF EXISTS {table}_append_only()")
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    reference = medians["audit records/s, JSONL (fsync=batch)"]
+    for name, value in medians.items():
+        section.rows.append([name, value, f"{value / reference:.2f}x"])
+    section.data["audit"] = medians
+
+
+def run(quick: bool, workdir: Path) -> Section:
+    section = Section(
+        "fleet",
+        "7. Fleet: state in Redis, audit trail in PostgreSQL (local servers)",
+        ["measure", "value", "x in-process"],
+    )
+    redis_url = service_url("QWED_GUARD_REDIS_URL")
+    postgres_url = service_url("QWED_GUARD_POSTGRES_URL")
+    try:
+        import psycopg  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        section.rows.append(["not measured", "install the `fleet` extra (redis, psycopg)", "-"])
+        return section
+    if _redis_answers(redis_url):
+        _state_rows(section, quick, redis_url)
+    else:
+        absent = f"not measured: no Redis at {_where(redis_url)}; {HOW_TO_START}"
+        section.rows.append(["state in Redis", absent, "-"])
+    if _postgres_answers(postgres_url):
+        _audit_rows(section, quick, postgres_url, workdir)
+    else:
+        section.rows.append(
+            [
+                "PostgreSQL audit",
+                f"not measured: no PostgreSQL at {_where(postgres_url)}; {HOW_TO_START}",
+                "-",
+            ]
+        )
+    section.notes.append(
+        "Redis and PostgreSQL run on this machine (127.0.0.1), so every state update and every "
+        "batch pays a loopback round trip, not a network's. State rows: "
+        "fallback(alert_on_failures(circuit_breaker(fn))), whose alerter and breaker read the "
+        "shared state on every call (a healthy call writes nothing; a changed state is one Lua "
+        "compare-and-set), interleaved runs, medians. Audit rows: the same records as "
+        "section 2, appended one at a time from one thread until the sink is closed; "
+        "PostgreSQL commits each batch in one transaction under the chain's advisory lock."
+    )
+    return section
