@@ -26,49 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.run import QUERY, RESULT, Section, _audit_record, _throughput
+from benchmarks.services import HOW_TO_START, postgres_answers, redis_answers, service_url
 
 __all__ = ["run"]
-
-SERVICES_ENV = Path(os.environ.get("TMPDIR") or "/tmp") / "qwed-guard-services" / "env"
-DEFAULT_URLS = {
-    "QWED_GUARD_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "QWED_GUARD_POSTGRES_URL": "postgresql://qwed_guard:pg-local-7c3e91@127.0.0.1:5432/qwed_guard",
-}
-HOW_TO_START = "start it with `make services`"
-
-
-def service_url(name: str) -> str:
-    """From the environment, else the env file `make services` writes, else the default."""
-    if os.environ.get(name):
-        return os.environ[name]
-    if SERVICES_ENV.is_file():
-        for line in SERVICES_ENV.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == name and value.strip():
-                return value.strip()
-    return DEFAULT_URLS[name]
-
-
-def _redis_answers(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def _postgres_answers(url: str) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(url, connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
 
 
 def _where(url: str) -> str:
@@ -218,12 +178,12 @@ def run(quick: bool, workdir: Path) -> Section:
     except ImportError:
         section.rows.append(["not measured", "install the `fleet` extra (redis, psycopg)", "-"])
         return section
-    if _redis_answers(redis_url):
+    if redis_answers(redis_url):
         _state_rows(section, quick, redis_url)
     else:
         absent = f"not measured: no Redis at {_where(redis_url)}; {HOW_TO_START}"
         section.rows.append(["state in Redis", absent, "-"])
-    if _postgres_answers(postgres_url):
+    if postgres_answers(postgres_url):
         _audit_rows(section, quick, postgres_url, workdir)
     else:
         section.rows.append(

@@ -23,28 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-SERVICES_DIR = Path(
-    os.environ.get("QWED_GUARD_SERVICES_DIR")
-    or Path(os.environ.get("TMPDIR") or "/tmp") / "qwed-guard-services"
-)
-DEFAULT_URLS = {
-    "QWED_GUARD_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "QWED_GUARD_POSTGRES_URL": "postgresql://qwed_guard:pg-local-7c3e91@127.0.0.1:5432/qwed_guard",
-}
-HOW_TO_START = "start it with `make services` (scripts/services.sh)"
-
-
-def service_url(name: str) -> str:
-    """The URL of a service: from the environment, the services env file, or the default."""
-    if os.environ.get(name):
-        return os.environ[name]
-    env_file = SERVICES_DIR / "env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == name and value.strip():
-                return value.strip()
-    return DEFAULT_URLS[name]
+from benchmarks.services import HOW_TO_START, postgres_answers, redis_answers, service_url
 
 
 def missing(what: str) -> NoReturn:
@@ -52,19 +31,6 @@ def missing(what: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{what}; CI must start it with scripts/services.sh before the tests")
     pytest.skip(f"{what}: {HOW_TO_START}")
-
-
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """True if a Redis server answers PING at `url`."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 def _tcp_answers(url: str, default_port: int) -> bool:
@@ -93,15 +59,11 @@ def postgres_url() -> str:
     """The URL of the live PostgreSQL started by `make services` (skips/fails when it is down)."""
     url = service_url("QWED_GUARD_POSTGRES_URL")
     try:
-        import psycopg  # type: ignore[import-not-found,unused-ignore]
+        import psycopg  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         answers = _tcp_answers(url, 5432)
     else:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            answers = True
-        except psycopg.OperationalError:
-            answers = False
+        answers = postgres_answers(url)
     if not answers:
         missing(f"no PostgreSQL answering at {urlsplit(url).hostname}:{urlsplit(url).port}")
     return url
