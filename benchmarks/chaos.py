@@ -461,8 +461,10 @@ def made_request(record: Mapping[str, Any]) -> bool:
     """Whether an attempt record stands for an attempt that sent its answer prompt.
 
     A short-circuited attempt made no call; an attempt whose connection failed never reached
-    the server. Every other attempt sent the answer prompt first, exactly once."""
-    if record.get("outcome") == "short_circuited":
+    the server; an attempt that reused a reply took the answer prompt's from the attempt before
+    (the guarded client does that after a transient failure of the expression prompt). Every
+    other attempt sent the answer prompt first, exactly once."""
+    if record.get("outcome") == "short_circuited" or record.get("reused"):
         return False
     error = record.get("error") or ""
     return "Connection error" not in error and "ConnectError" not in error

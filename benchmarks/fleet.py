@@ -151,6 +151,9 @@ def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path)
         for _ in range(repeats):
             rng.shuffle(order)
             for name in order:
+                # The server keeps writing (WAL, checkpoints) after a run: on 2 CPUs the next
+                # contender would pay for it. Let it settle first.
+                time.sleep(1.0)
                 samples[name].append(contenders[name]())
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -847,9 +847,11 @@ def amplification(quick: bool, workdir: Path) -> Section:
     section.notes.append(
         "Real time on both sides (the policy's 1 s / 2 s jittered waits and the SDK's own retry "
         "sleeps). The production policy keeps answers verified where it can and falls back "
-        "otherwise; the seed retries every unverified answer at once (its sleep sits in the "
-        "`except` branch, which QWEDLocal never reaches) while the SDK retries 5xx/429 twice "
-        "underneath each of its attempts."
+        "otherwise; a retried verify_math resends only the prompt that failed (the guarded "
+        "client reuses the answer prompt's reply after a transient failure). The seed retries "
+        "every unverified answer at once (its sleep sits in the `except` branch, which "
+        "QWEDLocal never reaches) while the SDK retries 5xx/429 twice underneath each of its "
+        "attempts."
     )
     section.data = {"ours": ours, "seed": theirs, "calls": n}
     return section

@@ -52,6 +52,9 @@ class Attempt:
     """Seconds waited before this attempt started (0 for the first)."""
     status: int | None = None
     """The HTTP status behind a failure, when the guarded client saw it."""
+    reused: int = 0
+    """HTTP replies the attempt took from an earlier one instead of asking again (the guarded
+    client does that after a transient failure: see `guarded_client(reuse_replies=...)`)."""
 
 
 @dataclass(slots=True)
@@ -104,6 +107,7 @@ class CallContext:
         "muted",
         "number",
         "policy_hash",
+        "replies",
         "started",
         "wait_before",
         "wire",
@@ -137,6 +141,8 @@ class CallContext:
         self.policy_hash: str | None = None
         self.in_user_code = False
         """True while the wrapped function runs: a guarded call made inside it is its own."""
+        self.replies: Any = None
+        """What the guarded client keeps of this call's HTTP replies, for its next attempts."""
 
     @property
     def call_id(self) -> str:

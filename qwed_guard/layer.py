@@ -66,6 +66,7 @@ def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, resul
         clock.monotonic() - started,
         ctx.wait_before,
         diagnosis.status,
+        ctx.replies.reused_by(ctx.attempt) if ctx.replies is not None else 0,
     )
     ctx.attempts.append(attempt)
     ctx.last = diagnosis

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from qwed_sdk import QWEDLocal
 
-from qwed_guard import Outcome, VerificationFailed, fallback, guarded_client, retry
+from qwed_guard import (
+    Outcome,
+    VerificationFailed,
+    audited,
+    fallback,
+    guarded_client,
+    retry,
+)
 from qwed_guard.clock import FakeClock
 from qwed_guard.sim import Reply, SimulatedLLM
 
@@ -133,6 +140,68 @@ def test_unevaluable_expression_is_reasked(build: BuildClient, fake_clock: FakeC
         assert verify("What is 5 * 5?").verified
         assert attempts == [Outcome.UNVERIFIABLE, Outcome.VERIFIED]
         assert _requests(llm) == 4
+
+
+def _answer_prompts(llm: SimulatedLLM) -> int:
+    return int(llm.stats()["prompts"]["answer"])
+
+
+def _audited_verifier(client: Any) -> Any:
+    @audited(sink="memory:")
+    @retry(max_tries=3, jitter=None)
+    def verify(query: str) -> Any:
+        return client.verify_math(query)
+
+    return verify
+
+
+def _attempt_records(verify: Any) -> list[dict[str, Any]]:
+    sink = verify.find_layer("audited").sink
+    return [r for r in sink.records if r["event"] == "attempt"]
+
+
+def test_a_failed_second_prompt_costs_one_more_request(fake_clock: FakeClock) -> None:
+    # The answer arrives, the expression prompt gets a 503: the retry asks only for the
+    # expression again, and the trail says the answer was reused.
+    with SimulatedLLM(script=["ok", "503"]) as llm:
+        verify = _audited_verifier(_guarded(llm.base_url, llm.model))
+        result = verify("Calculate 10% interest on $1000")
+        assert result.verified and float(result.value) == 100.0
+        assert (_requests(llm), _answer_prompts(llm)) == (3, 1)
+        first, second = _attempt_records(verify)
+        assert (first["outcome"], first["status"], "reused" in first) == ("transient", 503, False)
+        assert (second["outcome"], second["reused"]) == ("verified", 1)
+
+
+def test_reuse_replies_off_asks_both_prompts_again(fake_clock: FakeClock) -> None:
+    with SimulatedLLM(script=["ok", "503"]) as llm:
+        client = guarded_client(
+            base_url=llm.base_url, model=llm.model, timeout=5.0, reuse_replies=False
+        )
+        verify = _audited_verifier(client)
+        assert verify("Calculate 10% interest on $1000").verified
+        assert (_requests(llm), _answer_prompts(llm)) == (4, 2)
+        assert all("reused" not in r for r in _attempt_records(verify))
+
+
+def test_no_reply_outlives_a_wrong_answer(fake_clock: FakeClock) -> None:
+    # Attempt 1: a wrong answer (refuted) -> attempt 2 asks afresh, and its answer arrives
+    # but the expression prompt fails -> attempt 3 reuses attempt 2's answer, not attempt 1's.
+    with SimulatedLLM(script=["wrong", "ok", "ok", "503"]) as llm:
+        verify = _audited_verifier(_guarded(llm.base_url, llm.model))
+        result = verify("Calculate 15% of $200")
+        assert result.verified and float(result.value) == 30.0
+        assert (_requests(llm), _answer_prompts(llm)) == (5, 2)
+        outcomes = [(r["outcome"], r.get("reused", 0)) for r in _attempt_records(verify)]
+        assert outcomes == [("refuted", 0), ("transient", 0), ("verified", 1)]
+
+
+def test_a_malformed_reply_is_never_reused(fake_clock: FakeClock) -> None:
+    with SimulatedLLM(script=["malformed", "ok"]) as llm:
+        verify = _audited_verifier(_guarded(llm.base_url, llm.model))
+        assert verify("What is 5 * 5?").verified
+        assert (_requests(llm), _answer_prompts(llm)) == (3, 2)
+        assert [r.get("reused", 0) for r in _attempt_records(verify)] == [0, 0]
 
 
 def test_fallback_after_outage_keeps_the_conservative_value(

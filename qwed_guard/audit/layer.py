@@ -186,6 +186,8 @@ class _Call:
                 "wait_us": round(attempt.wait_before * 1_000_000),
             }
         )
+        if attempt.reused:  # only on attempts that took replies from an earlier one
+            record["reused"] = attempt.reused
         self.layer._write(self, record)
 
     def finish(self, result: Any, exc: BaseException | None) -> None:

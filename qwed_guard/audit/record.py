@@ -58,6 +58,8 @@ FIELDS: dict[str, str] = {
     "status": "HTTP status behind a failed attempt, when the guarded client saw it",
     "duration_us": "how long the attempt or the whole call took, integer microseconds",
     "wait_us": "how long retry waited before this attempt, integer microseconds",
+    "reused": "attempt records, only when non-zero: HTTP replies taken from an earlier attempt "
+    "instead of asking again (guarded_client after a transient failure)",
     "source": "call records: 'verified', 'fallback', 'unverified' (returned unverified) or null "
     "(raised)",
     "reason": "call records: why the fallback was used or why retry gave up",
