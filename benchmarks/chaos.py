@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from qwed_guard import clock
 from qwed_guard.alerts import Alert
 from qwed_guard.context import audit_context, current
+from qwed_guard.demo import percentile
 from qwed_guard.fallback import GuardedResult
 from qwed_guard.policy import Policy
 from qwed_guard.state import Change, MemoryStore, State
@@ -682,13 +683,6 @@ class Report:
         return all(check.ok for check in self.checks)
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def _remove_trail(path: Path) -> None:
     for suffix in ("", ".checkpoints", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -811,9 +805,9 @@ def run_scenario(
         "breaker_short_circuited": int(fn.breaker.short_circuited),
         "alerts": dict(Counter(str(a.kind) for a in fn.alerts)),
         "latency_ms": {
-            "p50": round(_percentile(latencies, 0.50) * 1000, 2),
-            "p95": round(_percentile(latencies, 0.95) * 1000, 2),
-            "p99": round(_percentile(latencies, 0.99) * 1000, 2),
+            "p50": round(percentile(latencies, 0.50) * 1000, 2),
+            "p95": round(percentile(latencies, 0.95) * 1000, 2),
+            "p99": round(percentile(latencies, 0.99) * 1000, 2),
         },
         "wall_seconds": round(wall, 1),
         "outage_started_at_s": round(outage_at[0] - began, 1) if outage_at else None,

@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwed_guard import clock
 from qwed_guard.outcomes import Classifier, Diagnosis, Outcome, WireFailure
+
+if TYPE_CHECKING:
+    from qwed_guard.client import CallReplies
 
 __all__ = [
     "Attempt",
@@ -141,7 +144,7 @@ class CallContext:
         self.policy_hash: str | None = None
         self.in_user_code = False
         """True while the wrapped function runs: a guarded call made inside it is its own."""
-        self.replies: Any = None
+        self.replies: CallReplies | None = None
         """What the guarded client keeps of this call's HTTP replies, for its next attempts."""
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,11 +56,7 @@ class DemoSummary:
         return self.attempts - self.calls
 
     def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-        return ordered[index]
+        return percentile(self.latencies, q)
 
     def rows(self) -> list[tuple[str, str]]:
         per_call = self.attempts / self.calls if self.calls else 0.0
@@ -88,6 +84,14 @@ class DemoSummary:
             ("audit verify", self.audit_report),
         ]
         return rows
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The value at fraction `q` of `values` sorted (the nearest one; 0.0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _duration(seconds: float) -> str:

@@ -105,3 +105,36 @@ async def test_async_stack_short_circuits_during_the_outage(fake_clock: FakeCloc
         fake_clock.advance(RECOVERY)
         assert (await ask(QUESTION)).source == "verified"
         assert ask.breaker.state is BreakerState.CLOSED
+
+
+def _preset_breaker_opens(circuit_breaker_override: dict[str, Any], calls: int) -> int:
+    from qwed_guard import Policy
+    from qwed_guard.sim import sample_questions
+
+    with SimulatedLLM(profile="flaky", seed=3) as llm:
+        client = guarded_client(base_url=llm.base_url, model=llm.model, timeout=5)
+        policy = Policy.preset(
+            "production",
+            fallback_value=None,
+            audited={"sink": "memory:"},
+            alert_on_failures={"notify": []},
+            circuit_breaker=circuit_breaker_override,
+        )
+
+        @policy
+        def ask(query: str) -> Any:
+            return client.verify_math(query)
+
+        for question in sample_questions(calls, seed=3):
+            ask(question.text)
+        opened: int = ask.breaker.opened
+        return opened
+
+
+def test_the_production_breaker_stays_closed_under_a_flaky_provider(
+    fake_clock: FakeClock,
+) -> None:
+    # One request in four fails (about 44% of attempts): no outage, so the preset's breaker
+    # (80% of the last 50 attempts) must not open; "5 failed attempts in a row" would.
+    assert _preset_breaker_opens({}, 300) == 0
+    assert _preset_breaker_opens({"failure_threshold": 5, "failure_rate": None}, 300) > 0

@@ -4,13 +4,15 @@ Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` in the shapes the op
 ``GET /stats`` (what was served, as JSON), and two controls for programs that run it with
 ``qwed-guard sim``: ``POST /sim/outage`` (``{"seconds": 10}``) and ``POST /sim/reset`` (stats).
 HTTP/1.1 keep-alive works, so the SDK's pooled connections are reused; `stop()` closes them, so
-a stopped simulator really refuses connections ("Connection error." in QWEDLocal).
+a stopped simulator really refuses connections ("Connection error." in QWEDLocal). Like
+OpenAI's API, JSON bodies are gzip-compressed for clients that accept it (the SDK's do).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import gzip
 import json
 import signal
 import socket
@@ -241,9 +243,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self.close_connection = True
             return
+        compressed = (
+            content_type == "application/json"
+            and body
+            and "gzip" in (self.headers.get("Accept-Encoding") or "")
+        )
+        if compressed:
+            body = gzip.compress(body, compresslevel=1)
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if compressed:
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             for name, value in headers:
                 self.send_header(name, value)
