@@ -9,6 +9,15 @@
 The module is also a pytest plugin (registered by the package): the `fake_clock` fixture runs a
 test in testing mode and hands it the clock; `simulated_llm` runs an OpenAI-compatible simulator
 for the test (`@pytest.mark.sim(profile="flaky", seed=7)` configures it).
+
+`qwed_server` (session-scoped) runs QWED's real API server (`qwed_guard.sim.qwed_api`) on
+127.0.0.1 with its own session-scoped simulator as the LLM (the healthy profile), and
+`qwed_api_key` hands each test a fresh API key of it, since the server allows 100 requests per
+minute per key:
+
+    def test_verify(qwed_server, qwed_api_key):
+        client = QWEDClient(api_key=qwed_api_key, base_url=qwed_server.base_url)
+        assert client.verify("What is 15% of 200?").is_verified
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from qwed_guard.clock import FakeClock
 
 if TYPE_CHECKING:
     from qwed_guard.sim import SimulatedLLM
+    from qwed_guard.sim.qwed_api import QwedApiServer
 
 __all__ = ["FakeClock", "fake_time", "is_testing"]
 
@@ -65,3 +75,24 @@ else:
         """Run the test in testing mode; the fixture's value is the fake clock."""
         with fake_time() as fake:
             yield fake
+
+    @pytest.fixture(name="qwed_server_llm", scope="session")
+    def _qwed_server_llm_fixture() -> Iterator[SimulatedLLM]:
+        """The simulator `qwed_server` translates with (one per session, healthy profile)."""
+        from qwed_guard.sim import SimulatedLLM
+
+        with SimulatedLLM() as llm:
+            yield llm
+
+    @pytest.fixture(name="qwed_server", scope="session")
+    def _qwed_server_fixture(qwed_server_llm: SimulatedLLM) -> Iterator[QwedApiServer]:
+        """QWED's real API server on 127.0.0.1 for the session, translating with the simulator."""
+        from qwed_guard.sim.qwed_api import QwedApiServer
+
+        with QwedApiServer(llm_base_url=qwed_server_llm.base_url) as server:
+            yield server
+
+    @pytest.fixture(name="qwed_api_key")
+    def _qwed_api_key_fixture(qwed_server: QwedApiServer) -> str:
+        """A fresh API key of `qwed_server` for this test (its own rate-limit budget)."""
+        return qwed_server.new_api_key()
