@@ -47,6 +47,8 @@ a plausible number and an explanation in prose instead of code, which QWED canno
 from __future__ import annotations
 
 import ast
+import json
+import keyword
 import random
 import re
 import zlib
@@ -55,7 +57,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final, Literal
 
-PromptKind = Literal["answer", "expression", "other"]
+PromptKind = Literal["answer", "expression", "translation", "logic", "other"]
 
 ANSWER_PROMPT_MARKER: Final = "respond ONLY with the numerical answer"
 EXPRESSION_PROMPT_MARKER: Final = "Convert this to a SymPy expression"
@@ -70,6 +72,12 @@ _EXPRESSION_RE = re.compile(
     r"(?:respond\s+with\s+only\s+the\s+python\s+sympy\s+code.*)?$",
     re.IGNORECASE | re.DOTALL,
 )
+
+#: How the system prompts of QWED's API server (its OpenAI-compatible provider) begin: the math
+#: translation (JSON with expression and claimed_answer) and the Z3 logic translation / its
+#: refinement (JSON with variables and constraints).
+TRANSLATION_SYSTEM_MARKER: Final = "You are a mathematical expression translator"
+LOGIC_SYSTEM_MARKER: Final = "You are a Logic Translator"
 
 #: What the simulated LLM says when asked for code it cannot write: prose, so QWED's parser fails.
 UNEXPRESSIBLE: Final = "Sorry, this question cannot be expressed as a single SymPy expression."
@@ -93,6 +101,10 @@ class Solution:
     value: Fraction
     answer: str
     expression: str
+    #: The unrounded value and its plain expression (no ``sympy.`` call, no rounding): what
+    #: the simulator puts in the API server's JSON translation.
+    exact_value: Fraction | None = None
+    exact_expression: str = ""
 
     @property
     def qwed_value(self) -> str:
@@ -113,11 +125,20 @@ class SampleQuestion:
 # Prompt recognition
 
 
-def classify_prompt(prompt: str) -> tuple[PromptKind, str]:
-    """Which of QWEDLocal.verify_math's prompts this is, and the user's query inside it.
+def classify_prompt(prompt: str, system: str = "") -> tuple[PromptKind, str]:
+    """Which prompt this is, and the user's query inside it.
 
-    Anything else is "other" with the whole text as the query.
+    QWEDLocal.verify_math's two prompts are "answer" and "expression" (recognised in the user
+    message). QWED's API server puts its instructions in the `system` message and the query,
+    unchanged, in the user message: "translation" (natural-language math to JSON) and "logic"
+    (the Z3 translation and its refinement). Anything else is "other" with the whole text as the
+    query.
     """
+    system_text = " ".join(system.split()).lower()
+    if TRANSLATION_SYSTEM_MARKER.lower() in system_text:
+        return "translation", prompt.strip()
+    if LOGIC_SYSTEM_MARKER.lower() in system_text:
+        return "logic", prompt.strip()
     text = prompt.strip()
     lowered = text.lower()
     if ANSWER_PROMPT_MARKER.lower() in " ".join(lowered.split()):
@@ -185,11 +206,15 @@ def render(query: str, kind: str, value: Fraction, exact_expr: str, places: int)
     """
     money = places == 2
     if value.denominator == 1:
-        return Solution(query, kind, value, str(value), f"sympy.simplify({exact_expr})")
+        return Solution(
+            query, kind, value, str(value), f"sympy.simplify({exact_expr})", value, exact_expr
+        )
     if _terminates(value) and _decimal_places(value) <= places + 1:
         text = format_decimal(value, 2 if money else 0)
         if _significant(text) <= _MAX_SIGNIFICANT:
-            return Solution(query, kind, value, text, f"sympy.simplify({exact_expr})")
+            return Solution(
+                query, kind, value, text, f"sympy.simplify({exact_expr})", value, exact_expr
+            )
     rounded = round_half_up(value, places)
     text = format_decimal(rounded, 2 if money and rounded.denominator != 1 else 0)
     if _significant(text) <= _MAX_SIGNIFICANT:
@@ -198,8 +223,10 @@ def render(query: str, kind: str, value: Fraction, exact_expr: str, places: int)
             expr = f"int({scale}*({exact_expr}) + 1/2)/{scale}"
         else:
             expr = f"-int({scale}*(-({exact_expr})) + 1/2)/{scale}"
-        return Solution(query, kind, rounded, text, f"sympy.simplify({expr})")
-    return Solution(query, kind, value, str(value), f"sympy.simplify({exact_expr})")
+        return Solution(query, kind, rounded, text, f"sympy.simplify({expr})", value, exact_expr)
+    return Solution(
+        query, kind, value, str(value), f"sympy.simplify({exact_expr})", value, exact_expr
+    )
 
 
 def _lit(value: Fraction) -> str:
@@ -617,6 +644,203 @@ def unevaluable_expression_for(query: str) -> str:
 def unevaluable_answer_for(query: str) -> str:
     """An answer-prompt reply in prose instead of a bare number."""
     return f"The answer is {answer_for(query)}."
+
+
+# --------------------------------------------------------------------------------------------
+# QWED's API server: JSON translations
+
+
+def _json_number(value: Fraction) -> str:
+    """A JSON number for `value`: exact when it terminates, else to 12 places."""
+    if _terminates(value) and _decimal_places(value) <= 12:
+        return format_decimal(value)
+    return format_decimal(round_half_up(value, 12))
+
+
+def _truncated(document: str) -> str:
+    """The first half of a JSON document, as a reply cut off mid-stream: not parseable JSON."""
+    return document[: max(1, len(document) // 2)]
+
+
+def translation_for(query: str) -> str:
+    """The API server's math-translation reply: JSON QWED's engine evaluates and checks.
+
+    ``expression`` is the solver's exact expression (plain SymPy syntax, no rounding) and
+    ``claimed_answer`` its exact value (12 places when it does not terminate), so the server's
+    check is VERIFIED. A question outside the family gets the "not a math question" translation
+    (``expression`` "0", confidence 0.2), which the server answers as NOT_MATH_QUERY.
+    """
+    solution = solve(query)
+    if solution is None or solution.exact_value is None:
+        return json.dumps(
+            {
+                "expression": "0",
+                "claimed_answer": 0,
+                "reasoning": "This is not a math question this translator understands.",
+                "confidence": 0.2,
+            }
+        )
+    return _translation_json(solution, solution.exact_value)
+
+
+def _translation_json(solution: Solution, claimed: Fraction) -> str:
+    # Written by hand so claimed_answer is the exact decimal, not a float's repr.
+    reasoning = solution.kind.replace("_", " ") + " for: " + solution.query
+    return (
+        f'{{"expression": {json.dumps(solution.exact_expression)}, '
+        f'"claimed_answer": {_json_number(claimed)}, '
+        f'"reasoning": {json.dumps(reasoning)}, "confidence": 0.95}}'
+    )
+
+
+def wrong_translation_for(query: str, u: float) -> str:
+    """The right expression with a wrong ``claimed_answer``: the server proves it false."""
+    solution = solve(query)
+    if solution is None or solution.exact_value is None:
+        return translation_for(query)
+    return _translation_json(solution, wrong_value(solution.exact_value, u))
+
+
+def unevaluable_translation_for(query: str) -> str:
+    """A translation cut off mid-JSON: the server cannot parse it."""
+    return _truncated(translation_for(query))
+
+
+@dataclass(frozen=True, slots=True)
+class LogicTranslation:
+    """A logic query as the server's Z3 translator wants it: typed variables and constraints."""
+
+    query: str
+    variables: dict[str, str]
+    constraints: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "variables": self.variables,
+                "constraints": list(self.constraints),
+                "goal": "SATISFIABILITY",
+            }
+        )
+
+
+_LOGIC_PHRASES: Final[tuple[tuple[str, str], ...]] = (
+    (r"\bis greater than or equal to\b|\bis at least\b|\bis no less than\b", " >= "),
+    (r"\bis less than or equal to\b|\bis at most\b|\bis no more than\b", " <= "),
+    (r"\bis greater than\b|\bis more than\b|\bis larger than\b|\bexceeds\b", " > "),
+    (r"\bis less than\b|\bis smaller than\b|\bis below\b", " < "),
+    (r"\bis not equal to\b|\bdoes not equal\b|\bis different from\b", " != "),
+    (r"\bis equal to\b|\bequals\b", " == "),
+    (r"\bplus\b", " + "),
+    (r"\bminus\b", " - "),
+    (r"\btimes\b|\bmultiplied by\b", " * "),
+    ("≥", " >= "),
+    ("≤", " <= "),
+    ("≠", " != "),
+    ("×", " * "),
+    ("−", "-"),
+)
+_LOGIC_INTRO = re.compile(r"\b(?:such that|so that|where|with|satisfying)\b|:", re.IGNORECASE)
+_LOGIC_LEAD = re.compile(
+    r"^(?:(?:is it (?:possible|true|satisfiable)|can it be|check|verify|determine)"
+    r"(?: (?:that|whether|if))?|can (?:we have )?|is|are|does|do|find|solve|satisfy)\s+",
+    re.IGNORECASE,
+)
+_COMPARE_OPS: Final = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
+_ARITH_OPS: Final = (ast.Add, ast.Sub, ast.Mult)
+_MAX_LOGIC_CONSTRAINTS: Final = 20
+
+
+def _logic_term(node: ast.AST, names: set[str]) -> bool:
+    if isinstance(node, ast.Name):
+        names.add(node.id)
+        return True
+    if isinstance(node, ast.Constant):
+        return type(node.value) is int
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _logic_term(node.operand, names)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _ARITH_OPS):
+        return _logic_term(node.left, names) and _logic_term(node.right, names)
+    return False
+
+
+def _logic_formula(node: ast.AST, names: set[str]) -> bool:
+    if isinstance(node, ast.BoolOp):
+        return all(_logic_formula(value, names) for value in node.values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _logic_formula(node.operand, names)
+    if isinstance(node, ast.Compare):
+        return all(isinstance(op, _COMPARE_OPS) for op in node.ops) and all(
+            _logic_term(part, names) for part in (node.left, *node.comparators)
+        )
+    return False
+
+
+def translate_logic(query: str) -> LogicTranslation | None:
+    """The Z3 translation of a simple constraint query, or None outside the supported forms.
+
+    The forms: comparisons of integer arithmetic (``+ - *``, integer literals) over named
+    variables, joined by "and", commas or semicolons (each a constraint), "or" and "not" inside
+    one; ``<``, ``<=``, ``>``, ``>=``, ``==`` (a single ``=`` too), ``!=`` and chains such as
+    ``3 < x < 5``; words "is greater/less than", "is at least/most", "equals", "is not equal to",
+    "plus", "minus", "times". An introduction ending in "such that", "where", "with" or ":" is
+    dropped, as are leading "Is it possible that", "Can", "Check whether", "Find". Variables are
+    Int, or Real when the query says "real". Examples: "x > 3 and x < 5" (SAT), "x > 5 and
+    x < 3" (UNSAT), "Is there an integer x such that x > 3 and x < 4?" (UNSAT),
+    "Find x and y such that x + y == 10, x > y, y > 2" (SAT).
+    """
+    if not query or len(query) > _MAX_QUERY_CHARS:
+        return None
+    text = " ".join(query.split()).rstrip("?.! ")
+    parts = _LOGIC_INTRO.split(text)
+    body = parts[-1].strip() if len(parts) > 1 else text
+    body = _LOGIC_LEAD.sub("", body).strip()
+    for pattern, repl in _LOGIC_PHRASES:
+        body = re.sub(pattern, repl, body, flags=re.IGNORECASE)
+    body = re.sub(r"\b(AND|OR|NOT|And|Or|Not)\b", lambda m: m.group(1).lower(), body)
+    body = re.sub(r"(?<![<>=!])=(?!=)", "==", body)
+    body = re.sub(r"\s*[;,]\s*(?:and\s+)?", " and ", body)
+    try:
+        tree = ast.parse(body, mode="eval").body
+    except SyntaxError:
+        return None
+    clauses = (
+        tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
+    )
+    names: set[str] = set()
+    if len(clauses) > _MAX_LOGIC_CONSTRAINTS or not all(_logic_formula(c, names) for c in clauses):
+        return None
+    if not names or any(keyword.iskeyword(name) or name in {"True", "False"} for name in names):
+        return None
+    kind = "Real" if re.search(r"\breals?\b", query, re.IGNORECASE) else "Int"
+    ordered = sorted(names)
+    return LogicTranslation(
+        query, {name: kind for name in ordered}, tuple(ast.unparse(c) for c in clauses)
+    )
+
+
+_EMPTY_LOGIC: Final = '{"variables": {}, "constraints": [], "goal": "SATISFIABILITY"}'
+
+
+def logic_translation_for(query: str) -> str:
+    """The logic-translation reply; outside the forms, no constraints (the server: an error)."""
+    translation = translate_logic(query)
+    return translation.to_json() if translation else _EMPTY_LOGIC
+
+
+def wrong_logic_translation_for(query: str) -> str:
+    """A sloppy translation: the last constraint negated ("x < 3" becomes "not x < 3")."""
+    translation = translate_logic(query)
+    if translation is None:
+        return _EMPTY_LOGIC
+    *kept, last = translation.constraints
+    negated = ast.unparse(ast.UnaryOp(ast.Not(), ast.parse(last, mode="eval").body))
+    return LogicTranslation(query, translation.variables, (*kept, negated)).to_json()
+
+
+def unevaluable_logic_translation_for(query: str) -> str:
+    """A logic translation cut off mid-JSON: the server cannot parse it."""
+    return _truncated(logic_translation_for(query))
 
 
 # --------------------------------------------------------------------------------------------

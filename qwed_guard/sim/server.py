@@ -6,12 +6,19 @@ Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` in the shapes the op
 HTTP/1.1 keep-alive works, so the SDK's pooled connections are reused; `stop()` closes them, so
 a stopped simulator really refuses connections ("Connection error." in QWEDLocal). Like
 OpenAI's API, JSON bodies are gzip-compressed for clients that accept it (the SDK's do).
+
+Besides QWEDLocal's two prompts it answers the JSON translations QWED's API server asks its
+OpenAI-compatible provider for (recognised by the system message): the math translation
+(``questions.translation_for``) and the Z3 logic translation and its refinement
+(``questions.logic_translation_for``). For those, ``wrong_answer`` gives a wrong claimed answer or
+a negated constraint, and ``unevaluable`` a reply cut off mid-JSON.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import gzip
 import json
 import signal
@@ -129,7 +136,8 @@ class _Stats:
             self._requests = 0
             self._models = 0
             self._connections = 0
-            self._prompts = dict.fromkeys(("answer", "expression", "other"), 0)
+            # The API server's kinds (translation, logic) appear once one has been served.
+            self._prompts: dict[str, int] = dict.fromkeys(("answer", "expression", "other"), 0)
             self._replies = dict.fromkeys(_STANDARD_REPLY_KEYS, 0)
             self._status: dict[str, int] = {}
             self._delayed = 0
@@ -142,7 +150,7 @@ class _Stats:
         with self._lock:
             self._requests += 1
             if prompt is not None:
-                self._prompts[prompt] += 1
+                self._prompts[prompt] = self._prompts.get(prompt, 0) + 1
             self._replies[reply_key] = self._replies.get(reply_key, 0) + 1
             self._status[str(status)] = self._status.get(str(status), 0) + 1
             if delay > 0:
@@ -348,8 +356,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         model = str(request.get("model") or sim.model)
-        prompt_kind, query = questions.classify_prompt(_last_user_text(messages))
-        decision = sim._plan.decide(prompt_kind)
+        prompt_kind, query = questions.classify_prompt(
+            _last_user_text(messages), system=_system_text(messages)
+        )
+        decision = sim._plan.decide(_fault_kind(prompt_kind))
+        if prompt_kind in _JSON_PROMPTS and decision.index >= len(sim.script):
+            decision = _with_unevaluable(decision, sim.config.unevaluable)
         reply = decision.reply
         sim._stats.record(prompt_kind, reply.stat_key, _status_of(reply), decision.delay)
         if decision.delay > 0 and self.server.stopping.wait(decision.delay):
@@ -411,6 +423,32 @@ def _status_of(reply: Reply) -> int:
     )
 
 
+# QWED's API server asks for one JSON translation where QWEDLocal asks for an answer and an
+# expression: the answer prompt's faults (wrong_answer) are drawn for it, and then the
+# unevaluable rate from the same request's spare draw (u_wrong, unused by a correct reply).
+_JSON_PROMPTS: Final = frozenset({"translation", "logic"})
+
+
+def _fault_kind(prompt: PromptKind) -> PromptKind:
+    return "answer" if prompt in _JSON_PROMPTS else prompt
+
+
+def _with_unevaluable(decision: Decision, rate: float) -> Decision:
+    if decision.reply.kind == "ok" and decision.reply.content is None and decision.u_wrong < rate:
+        return dataclasses.replace(decision, reply=Reply.unevaluable())
+    return decision
+
+
+def _system_text(messages: Sequence[Any]) -> str:
+    return "\n".join(
+        str(message.get("content"))
+        for message in messages
+        if isinstance(message, dict)
+        and message.get("role") == "system"
+        and isinstance(message.get("content"), str)
+    )
+
+
 def _last_user_text(messages: Sequence[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role", "user") == "user":
@@ -430,6 +468,18 @@ def _content(reply: Reply, prompt: PromptKind, query: str, u_wrong: float) -> st
     """The assistant's text for a 200 reply of this kind to this prompt."""
     if reply.content is not None:
         return reply.content
+    if prompt == "translation":
+        if reply.kind == "wrong_answer":
+            return questions.wrong_translation_for(query, u_wrong)
+        if reply.kind == "unevaluable":
+            return questions.unevaluable_translation_for(query)
+        return questions.translation_for(query)
+    if prompt == "logic":
+        if reply.kind == "wrong_answer":
+            return questions.wrong_logic_translation_for(query)
+        if reply.kind == "unevaluable":
+            return questions.unevaluable_logic_translation_for(query)
+        return questions.logic_translation_for(query)
     if reply.kind == "wrong_answer":
         if prompt == "expression":
             return questions.wrong_expression_for(query, u_wrong)
@@ -607,7 +657,8 @@ class SimulatedLLM:
         """What was served, the same JSON as ``GET /stats``.
 
         ``requests`` (chat completions, including bad ones), ``prompts`` (answer / expression /
-        other), ``replies`` (ok, error_500/502/503 and any scripted error_<status>, rate_limit,
+        other, and translation / logic - QWED's API server's prompts - once one was served),
+        ``replies`` (ok, error_500/502/503 and any scripted error_<status>, rate_limit,
         quota, unauthorized, hang, wrong_answer, unevaluable, malformed, outage, bad_request),
         ``status`` (HTTP status -> count), ``latency`` (requests delayed and planned seconds),
         ``models_requests``, ``connections`` (TCP connections accepted: keep-alive reuses one),
