@@ -16,9 +16,14 @@ What the server does that tests must know about:
 * **100 requests per minute per API key**: the 101st answers 429 with ``Retry-After``. Take a
   fresh key per test (`new_api_key`). The global limit (1000/min by default) is raised to
   `global_rate_limit` so a long test session on one server does not hit it.
-* **About 40 concurrent requests on one key wedge it**: its database connection pool runs dry and
-  requests then wait for the pool's timeout (30 s) instead of failing fast. Keep concurrency on
-  one server well below that.
+* **Concurrent requests can wedge it, for good**: its SQLAlchemy pool holds 15 connections (5 +
+  10 overflow, not configurable), and the API-key lookup (``get_current_tenant``) is a
+  synchronous query run on the event loop. When the pool is empty the loop itself blocks on the
+  checkout (30 s pool timeout, one waiter after another) while the requests holding connections
+  need the loop to finish, so nothing answers, not even ``/health``. Measured here: bursts of 20
+  concurrent requests on one key wedged it in about half the runs (still wedged 45 s later);
+  bursts of 15 never did; ~40 almost always does. Keep a server at no more than ~10 requests
+  in flight, and give a test that must go beyond that a server of its own.
 * `kill()` SIGKILLs it (connections are refused from then on); `pause()` SIGSTOPs it, so it
   accepts connections but never answers (a hung server) until `resume()`.
 * Its start-up environment-integrity check rejects the ``.pth`` files setuptools and editable
