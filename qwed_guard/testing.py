@@ -13,11 +13,13 @@ for the test (`@pytest.mark.sim(profile="flaky", seed=7)` configures it).
 `qwed_server` (session-scoped) runs QWED's real API server (`qwed_guard.sim.qwed_api`) on
 127.0.0.1 with its own session-scoped simulator as the LLM (the healthy profile), and
 `qwed_api_key` hands each test a fresh API key of it, since the server allows 100 requests per
-minute per key:
+minute per key. `qwed_server_llm` is that simulator (shared: a test that changes it, say with
+an outage, changes it for the whole session). Keep requests in flight on the shared server to
+about 10: more can deadlock it (see `QwedApiServer`).
 
     def test_verify(qwed_server, qwed_api_key):
         client = QWEDClient(api_key=qwed_api_key, base_url=qwed_server.base_url)
-        assert client.verify("What is 15% of 200?").is_verified
+        assert client.verify_math("2 + 2 = 4").is_verified
 """
 
 from __future__ import annotations
