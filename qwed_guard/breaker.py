@@ -27,6 +27,7 @@ from qwed_guard.errors import QwedGuardError, bad_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard, record_attempt
 from qwed_guard.outcomes import Diagnosis, Outcome, scrub
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
 if TYPE_CHECKING:
     from qwed_guard.alerts import Alert, AlertHistory
@@ -550,7 +551,9 @@ class CircuitBreakerLayer(Layer):
         key: str | None = None,
         state: str | StateStore | None = None,
         notify: Any = None,
+        verdict: VerdictRules | Judge | None = None,
     ) -> None:
+        self.verdict = as_rules(verdict)
         _count("failure_threshold", failure_threshold, optional=True)
         for name, value in (
             ("window", window),
@@ -617,7 +620,7 @@ class CircuitBreakerLayer(Layer):
             raise AttributeError("this circuit_breaker layer has not decorated a function yet")
         return self._breaker
 
-    def bind(self, fn: Callable[..., Any], name: str) -> CircuitBreakerLayer:
+    def bind(self, fn: Callable[..., Any], name: str, key: str) -> CircuitBreakerLayer:
         bound = copy.copy(self)
         if self._store is not None:
             store = self._store
@@ -627,7 +630,7 @@ class CircuitBreakerLayer(Layer):
             # Keyed by function and private to it: two functions that happen to share a
             # qualified name (closures, test re-definitions) never share a breaker by accident.
             store = MemoryStore()
-        bound._breaker = Breaker(self.key or name, store, self.rules, self._workers)
+        bound._breaker = Breaker(self.key or key, store, self.rules, self._workers)
         return bound
 
     def describe(self) -> str:
@@ -666,7 +669,8 @@ class CircuitBreakerLayer(Layer):
         failed: bool | None = None
         error: str | None = None
         if diagnosis is not None and diagnosis.outcome is not Outcome.SHORT_CIRCUITED:
-            failed = diagnosis.outcome in self.failure_on
+            # A deterministic refusal is an answer: the provider worked.
+            failed = diagnosis.outcome in self.failure_on and not diagnosis.final
             error = diagnosis.error
         breaker = self.breaker
         transition = breaker.report(ticket, failed, error)
@@ -718,6 +722,7 @@ def circuit_breaker(
     key: str | None = None,
     state: str | StateStore | None = None,
     notify: Any = None,
+    verdict: VerdictRules | Judge | None = None,
 ) -> Callable[[F], F]: ...
 
 

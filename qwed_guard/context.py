@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwed_guard import clock
 from qwed_guard.outcomes import Classifier, Diagnosis, Outcome, WireFailure
+from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules
 
 if TYPE_CHECKING:
     from qwed_guard.client import CallReplies
@@ -111,6 +112,7 @@ class CallContext:
         "number",
         "policy_hash",
         "replies",
+        "rules",
         "started",
         "wait_before",
         "wire",
@@ -146,6 +148,8 @@ class CallContext:
         """True while the wrapped function runs: a guarded call made inside it is its own."""
         self.replies: CallReplies | None = None
         """What the guarded client keeps of this call's HTTP replies, for its next attempts."""
+        self.rules: VerdictRules = DEFAULT_RULES
+        """How this call's results are judged (the stack's `verdict=`)."""
 
     @property
     def call_id(self) -> str:

@@ -20,7 +20,8 @@ from qwed_guard.errors import (
     bad_parameter,
 )
 from qwed_guard.layer import Layer, call_diagnosis, guard
-from qwed_guard.outcomes import Diagnosis, Outcome
+from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
+from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules
 
 __all__ = ["Failure", "FallbackLayer", "GuardedResult", "fallback"]
 
@@ -31,20 +32,35 @@ _UNSET: Any = object()
 _NEVER_FALL_BACK = (AuditError, PolicyError, FallbackError)
 
 
+Source = Literal["verified", "fallback", "unchecked"]
+
+
 @dataclass(slots=True)
 class GuardedResult:
-    """What a call under `@fallback` returns: QWED's fields plus where the value came from."""
+    """What a call under `@fallback` returns: QWED's fields plus where the value came from.
+
+    `source` is `"verified"` (QWED admitted the answer: the only case with `verified=True`),
+    `"fallback"` (the fallback value replaced an unverified answer), or `"unchecked"` (the
+    function returned a plain value with no verdict, passed through as it is).
+    """
 
     verified: bool
     value: Any
-    confidence: float
+    confidence: float | None
+    """What QWED said (None when it said nothing); 0.0 on a fallback."""
     evidence: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
-    source: Literal["verified", "fallback"] = "verified"
+    source: Source = "verified"
     reason: str | None = None
     """Why the fallback was used: the outcome and, when known, the error."""
     attempts: int = 1
     outcome: Outcome = Outcome.VERIFIED
+    status: str | None = None
+    """The hosted QWED status (VERIFIED, BLOCKED, UNVERIFIABLE, ...) of the answer, if any."""
+    admission: str | None = None
+    """The hosted QWED admission (ADMIT, BLOCKED) of the answer, if any."""
+    attestation: str | None = field(default=None, repr=False)
+    """QWED's signed attestation of a verified hosted answer; a fallback never carries one."""
     result: Any = field(default=None, repr=False)
     """The wrapped function's own last result, when it returned one (its error text is the
     provider's own, unscrubbed: it is left out of the repr so logs never show it)."""
@@ -71,7 +87,14 @@ Handler = Callable[..., Any]
 class FallbackLayer(Layer):
     kind = "fallback"
 
-    def __init__(self, *, value: Any = _UNSET, handler: Handler | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        value: Any = _UNSET,
+        handler: Handler | None = None,
+        verdict: VerdictRules | Judge | None = None,
+    ) -> None:
+        self.verdict = as_rules(verdict)
         if (value is _UNSET) == (handler is None):
             raise bad_parameter("value", "give exactly one of value=... or handler=...")
         if handler is not None and not callable(handler):
@@ -89,15 +112,30 @@ class FallbackLayer(Layer):
         return f"fallback(value={self.value!r})"
 
     @staticmethod
-    def _verified(ctx: CallContext, result: Any) -> GuardedResult:
+    def _answered(ctx: CallContext, result: Any, outcome: Outcome) -> GuardedResult:
+        """The result of a call that worked: verified by QWED, or a plain value passed on."""
         if isinstance(result, GuardedResult):
             return result
+        if outcome is Outcome.UNCHECKED:
+            return GuardedResult(
+                verified=False,
+                value=result,
+                confidence=None,
+                source="unchecked",
+                attempts=max(len(ctx.attempts), 1),
+                outcome=outcome,
+                result=result,
+            )
+        answer = answer_of(result)
         return GuardedResult(
             verified=True,
-            value=getattr(result, "value", result),
-            confidence=float(getattr(result, "confidence", 1.0) or 0.0),
-            evidence=getattr(result, "evidence", None) or {},
+            value=answer.value,
+            confidence=answer.confidence,
+            evidence=answer.evidence,
             attempts=max(len(ctx.attempts), 1),
+            status=answer.status,
+            admission=answer.admission,
+            attestation=answer.attestation,
             result=result,
         )
 
@@ -141,8 +179,8 @@ class FallbackLayer(Layer):
         except Exception as error:
             exc = error
         diagnosis = self._split(ctx, result, exc)
-        if exc is None and diagnosis.outcome is Outcome.VERIFIED:
-            return self._verified(ctx, result)
+        if exc is None and diagnosis.outcome in ANSWERED:
+            return self._answered(ctx, result, diagnosis.outcome)
         failure = self._failure(ctx, diagnosis, result, exc)
         if self.handler is None:
             return self._labelled(ctx, failure, self.value)
@@ -162,8 +200,8 @@ class FallbackLayer(Layer):
         except Exception as error:
             exc = error
         diagnosis = self._split(ctx, result, exc)
-        if exc is None and diagnosis.outcome is Outcome.VERIFIED:
-            return self._verified(ctx, result)
+        if exc is None and diagnosis.outcome in ANSWERED:
+            return self._answered(ctx, result, diagnosis.outcome)
         failure = self._failure(ctx, diagnosis, result, exc)
         if self.handler is None:
             return self._labelled(ctx, failure, self.value)
@@ -194,12 +232,18 @@ class _FallbackDecorator:
         return guard(fn, self.layer)
 
 
-def fallback(*, value: Any = _UNSET, handler: Handler | None = None) -> _FallbackDecorator:
+def fallback(
+    *,
+    value: Any = _UNSET,
+    handler: Handler | None = None,
+    verdict: VerdictRules | Judge | None = None,
+) -> _FallbackDecorator:
     """Return `value` (or `handler(failure, *args, **kwargs)`) when the call is not verified.
 
     The decorated function then returns a `GuardedResult` on every path: `source="verified"`
-    with the verified value, or `source="fallback"` with the fallback value, `verified=False`,
-    `confidence=0.0` and a `reason`. `VerificationFailed`, unverified results and ordinary
+    with the answer QWED admitted, `source="fallback"` with the fallback value, `verified=False`,
+    `confidence=0.0` and a `reason`, or `source="unchecked"` for a plain value with no verdict
+    (see `VerdictRules.plain`). `VerificationFailed`, unverified results and ordinary
     exceptions fall back; `KeyboardInterrupt`, `SystemExit`, cancellation and `AuditError` do not.
     """
-    return _FallbackDecorator(FallbackLayer(value=value, handler=handler))
+    return _FallbackDecorator(FallbackLayer(value=value, handler=handler, verdict=verdict))

@@ -9,7 +9,12 @@ between only see `proceed()`, the rest of the stack.
 from __future__ import annotations
 
 import abc
+import contextlib
+import copy
 import inspect
+import itertools
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -25,7 +30,9 @@ from qwed_guard.context import (
     _current,
     open_call,
 )
-from qwed_guard.outcomes import _VERIFIED, Diagnosis, Outcome, diagnose
+from qwed_guard.errors import bad_parameter
+from qwed_guard.outcomes import Diagnosis, Outcome
+from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules, diagnose, prefetch_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +41,8 @@ class Layer(abc.ABC):
     """One pattern's behaviour around a call."""
 
     kind: ClassVar[str]
+    verdict: VerdictRules | None = None
+    """How the stack judges results, when this layer was given `verdict=` (one per stack)."""
 
     @abc.abstractmethod
     def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
@@ -47,8 +56,11 @@ class Layer(abc.ABC):
         """A one-line, human-readable account of this layer and its parameters."""
         return self.kind
 
-    def bind(self, fn: Callable[..., Any], name: str) -> Layer:
-        """The layer to use for one decorated function (`name` is its qualified name).
+    def bind(self, fn: Callable[..., Any], name: str, key: str) -> Layer:
+        """The layer to use for one decorated function.
+
+        `name` is its qualified name, as records show it; `key` names its state (alert counters,
+        breaker): the name, or `name#n` for the n-th live function of that name.
 
         Stateless layers return themselves; a layer with per-function state (alert counters,
         a breaker, the audit trail's query inference) returns its own copy for `fn`, so one
@@ -77,11 +89,7 @@ def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, resul
 
 
 def _diagnose_result(ctx: CallContext, result: Any) -> Diagnosis:
-    # A QWED result with `verified=True` is verified whatever else is known: skip the classifier
-    # machinery on the path nearly every call takes.
-    if ctx.classifier is None and getattr(result, "verified", None) is True:
-        return _VERIFIED
-    return diagnose(result, wire=ctx.wire, classifier=ctx.classifier)
+    return diagnose(result, wire=ctx.wire, classifier=ctx.classifier, rules=ctx.rules)
 
 
 def _run_attempt(
@@ -123,15 +131,26 @@ async def _run_attempt_async(
         raise
     finally:
         ctx.in_user_code = False
+    rules = ctx.rules
+    if rules.require_attestation and ctx.classifier is None:
+        # The keys are fetched here, awaited, so the verdict below never blocks the loop.
+        keys = await prefetch_keys(rules)
+        if isinstance(keys, Diagnosis):
+            record_attempt(ctx, keys, started, result)
+            return result
     record_attempt(ctx, _diagnose_result(ctx, result), started, result)
     return result
+
+
+_NOTHING_JUDGED = Diagnosis(Outcome.UNVERIFIABLE, "no attempt was judged")
 
 
 def call_diagnosis(ctx: CallContext, exc: BaseException | None = None) -> Diagnosis:
     """How the call ended so far: the last attempt's diagnosis, or the exception's own."""
     last = ctx.last
     if exc is None:
-        return last if last is not None else Diagnosis(Outcome.VERIFIED)
+        # No attempt recorded means nothing was judged: never report that as verified.
+        return last if last is not None else _NOTHING_JUDGED
     carried = getattr(exc, "outcome", None)
     if isinstance(carried, Outcome):
         # VerificationFailed and the breaker's CircuitOpen say how the call ended themselves.
@@ -147,6 +166,40 @@ def _function_name(fn: Callable[..., Any]) -> str:
     module = getattr(root, "__module__", None) or "?"
     qualname = getattr(root, "__qualname__", None) or getattr(root, "__name__", repr(root))
     return f"{module}.{qualname}"
+
+
+# The functions that hold each state key in this process (alert and breaker state).
+_KEY_HOLDERS: dict[str, weakref.ReferenceType[Any]] = {}
+_KEY_LOCK = threading.Lock()
+
+
+def _state_key(fn: Callable[..., Any], name: str) -> str:
+    """The key of `fn`'s alert and breaker state: its name, unless another live function has it.
+
+    Two functions made by one factory share a qualified name. The first keeps the name, the
+    n-th gets `name#n`, in the order they are decorated: stable across processes that build
+    them in the same order (fleet state), and never shared by accident. Give `key=` to share.
+    """
+    root = inspect.unwrap(fn)
+    with _KEY_LOCK:
+        for number in itertools.count(1):
+            key = name if number == 1 else f"{name}#{number}"
+            holder = _KEY_HOLDERS.get(key)
+            held = holder() if holder is not None else None
+            if held is None or held is root:
+                # A builtin is not weak-referenceable: there is nothing to tell apart.
+                with contextlib.suppress(TypeError):
+                    _KEY_HOLDERS[key] = weakref.ref(root)
+                return key
+    raise AssertionError("unreachable")
+
+
+def _chain_rules(chain: Chain) -> VerdictRules:
+    """The one set of verdict rules a stack runs with (`verdict=` given once, or the defaults)."""
+    found = [layer.verdict for layer, _ in chain if layer.verdict is not None]
+    if any(rules != found[0] for rules in found[1:]):
+        raise bad_parameter("verdict", "given to two layers of one stack; give it once")
+    return found[0] if found else DEFAULT_RULES
 
 
 Chain = tuple[tuple[Layer, "str | None"], ...]
@@ -183,6 +236,7 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
     The `proceed` of each layer is a `functools.partial`, made per call (it carries the call).
     """
     links = _links(chain, is_async)
+    rules = _chain_rules(chain)
     run = _run_attempt_async if is_async else _run_attempt
     stamped = _stamped_async if is_async else _stamped
     outer_around, outer_hash, _ = links[-1]
@@ -213,6 +267,7 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
                 ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
                 token = _current.set(ctx)
             assert ctx is not None
+            ctx.rules = rules
             if outer_hash is not None:
                 ctx.policy_hash = outer_hash
             try:
@@ -233,6 +288,7 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
             token = _current.set(ctx)
         assert ctx is not None
+        ctx.rules = rules
         if outer_hash is not None:
             ctx.policy_hash = outer_hash
         try:
@@ -272,13 +328,21 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
     _self_chain: Chain
 
     def __init__(
-        self, fn: Callable[..., Any], layer: Layer, *, policy_hash: str | None = None
+        self,
+        fn: Callable[..., Any],
+        layer: Layer,
+        *,
+        policy_hash: str | None = None,
+        verdict: VerdictRules | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@{layer.kind} decorates a callable, got {type(fn).__name__}")
         below = fn if type(fn) is GuardedFunction else None
         name = _function_name(fn)
-        layer = layer.bind(fn, name)
+        layer = layer.bind(fn, name, _state_key(fn, name))
+        if verdict is not None:
+            layer = copy.copy(layer)
+            layer.verdict = verdict
         # Stacked decorators collapse: one wrapper around the function runs every layer.
         chain: Chain = ((layer, policy_hash),)
         target: Callable[..., Any] = fn
@@ -324,9 +388,13 @@ class GuardedFunction(wrapt.FunctionWrapper[..., Any]):
         return getattr(layer, "breaker")  # noqa: B009 - the breaker module defines it
 
 
-def guard(fn: F, layer: Layer, *, policy_hash: str | None = None) -> F:
+def guard(
+    fn: F, layer: Layer, *, policy_hash: str | None = None, verdict: VerdictRules | None = None
+) -> F:
     """Wrap `fn` in `layer`, keeping its type for the type checker.
 
-    `policy_hash` (given by a Policy to its outermost layer) is stamped on every call's context.
+    `policy_hash` (given by a Policy to its outermost layer) is stamped on every call's context;
+    `verdict` (a policy's or guard_client's) sets how the stack judges results.
     """
-    return GuardedFunction(fn, layer, policy_hash=policy_hash)  # type: ignore[return-value]
+    wrapped = GuardedFunction(fn, layer, policy_hash=policy_hash, verdict=verdict)
+    return wrapped  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,12 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ANSWERED",
     "Classifier",
     "Diagnosis",
     "Outcome",
     "WireFailure",
     "classify",
     "diagnose",
+    "diagnose_exception",
+    "error_text_diagnosis",
     "parse_retry_after",
     "scrub",
 ]
@@ -43,9 +47,16 @@ class Outcome(enum.StrEnum):
     """Retrying cannot help (bad key, quota, bad request, SymPy missing, unknown errors)."""
     SHORT_CIRCUITED = "short_circuited"
     """The circuit breaker is open: no call was made."""
+    UNCHECKED = "unchecked"
+    """The function returned a plain value that carries no verdict: passed through as it is,
+    never reported verified (`VerdictRules(plain="fail")` makes it a failure instead)."""
 
     def __str__(self) -> str:
         return self.value
+
+
+ANSWERED: frozenset[Outcome] = frozenset({Outcome.VERIFIED, Outcome.UNCHECKED})
+"""Outcomes of a call that worked: nothing to retry, count or replace. Only VERIFIED is verified."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +78,14 @@ class Diagnosis:
     status: int | None = None
     code: str | None = None
     retry_after: float | None = None
+    final: bool = False
+    """A deterministic check refused: asking again gives the same answer, so retry stops and
+    the circuit breaker does not count it as a provider failure."""
 
 
 Classifier = Callable[[Any], "Outcome | Diagnosis"]
 """A user classifier: takes a result or an exception, returns an Outcome or a Diagnosis."""
 
-
-_VERIFIED = Diagnosis(Outcome.VERIFIED)
-_REFUTED = Diagnosis(Outcome.REFUTED)
 
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 _QUOTA_MARKERS = ("insufficient_quota", "exceeded your current quota", "billing_hard_limit")
@@ -120,11 +131,25 @@ def _from_wire(wire: WireFailure, error: str | None) -> Diagnosis:
     return Diagnosis(outcome, error, wire.status, wire.code, wire.retry_after)
 
 
-def _from_error_text(error: str, wire: WireFailure | None) -> Diagnosis:
+# QWEDLocal's error texts that are not transport failures, and what each means. Every method's
+# texts are tabulated in tests/test_verdicts.py.
+_ERROR_PREFIXES: tuple[tuple[str, Outcome, bool], ...] = (
+    # (prefix, outcome, final): the check could not run on what the LLM gave: ask again.
+    ("SymPy verification failed", Outcome.UNVERIFIABLE, False),
+    ("Z3 verification failed", Outcome.UNVERIFIABLE, False),
+    # CodeVerifier raised on this code: the same code raises again.
+    ("Code analysis failed", Outcome.UNVERIFIABLE, True),
+    ("Only Python supported", Outcome.PERMANENT, True),
+    ("CodeVerifier is not available", Outcome.PERMANENT, True),
+)
+
+
+def error_text_diagnosis(error: str, wire: WireFailure | None) -> Diagnosis:
     """Classify QWEDLocal's `error` string, preferring what the wire recorded."""
     scrubbed = scrub(error)
-    if error.startswith("SymPy verification failed"):
-        return Diagnosis(Outcome.UNVERIFIABLE, scrubbed)
+    for prefix, outcome, final in _ERROR_PREFIXES:
+        if error.startswith(prefix):
+            return Diagnosis(outcome, scrubbed, final=final)
     if "not installed" in error:
         return Diagnosis(Outcome.PERMANENT, scrubbed)
     if wire is not None:
@@ -144,7 +169,8 @@ def _exception_names(exc: BaseException) -> Iterable[str]:
     return (cls.__name__ for cls in type(exc).__mro__)
 
 
-def _diagnose_exception(exc: BaseException, wire: WireFailure | None) -> Diagnosis:
+def diagnose_exception(exc: BaseException, wire: WireFailure | None) -> Diagnosis:
+    """Classify an exception from openai, httpx, the standard library or qwed_guard."""
     # Our own errors carry their outcome (VerificationFailed, CircuitOpen).
     carried = getattr(exc, "outcome", None)
     if isinstance(carried, Outcome):
@@ -187,44 +213,12 @@ def _error_code(body: Mapping[str, Any]) -> str | None:
 
 
 def diagnose(
-    obj: Any,
-    *,
-    wire: WireFailure | None = None,
-    classifier: Classifier | None = None,
+    obj: Any, *, wire: WireFailure | None = None, classifier: Classifier | None = None
 ) -> Diagnosis:
-    """Classify a result or exception, keeping the scrubbed error, status and Retry-After.
+    """Classify a result or an exception (see `qwed_guard.verdicts.diagnose`)."""
+    from qwed_guard.verdicts import diagnose as _diagnose
 
-    `wire` is the last failing HTTP response the guarded client recorded during the attempt;
-    it makes the classification exact where QWEDLocal's error text has lost the details.
-    """
-    if classifier is not None:
-        verdict = classifier(obj)
-        if isinstance(verdict, Diagnosis):
-            return verdict
-        if isinstance(verdict, Outcome):
-            return _VERIFIED if verdict is Outcome.VERIFIED else Diagnosis(verdict, _error_of(obj))
-        raise TypeError(
-            f"a classifier must return an Outcome or a Diagnosis, got {type(verdict).__name__}"
-        )
-    if isinstance(obj, BaseException):
-        return _diagnose_exception(obj, wire)
-    verified = getattr(obj, "verified", None)
-    if verified is None:
-        # A plain return value: the function did its job.
-        return _VERIFIED
-    if verified is True:
-        return _VERIFIED
-    error = getattr(obj, "error", None)
-    if not error:
-        return _REFUTED
-    return _from_error_text(str(error), wire)
-
-
-def _error_of(obj: Any) -> str | None:
-    if isinstance(obj, BaseException):
-        return scrub(f"{type(obj).__name__}: {obj}")
-    error = getattr(obj, "error", None)
-    return scrub(str(error)) if error else None
+    return _diagnose(obj, wire=wire, classifier=classifier)
 
 
 def classify(obj: Any) -> Outcome:
@@ -251,16 +245,19 @@ def parse_retry_after(
             value = float(millis) / 1000.0
         except ValueError:
             value = -1.0
-        if value >= 0:
+        # `nan` and `inf` parse as floats: never let one reach a sleep or a record.
+        if math.isfinite(value) and value >= 0:
             return value
     raw = getter("retry-after")
     if raw is None:
         return None
     raw = str(raw).strip()
     try:
-        return max(float(raw), 0.0)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):

@@ -8,6 +8,7 @@ backoff's wait generators and jitter compute the schedule; the loop is ours.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable
 from typing import Any, TypeVar, overload
 
@@ -17,7 +18,8 @@ from qwed_guard import clock
 from qwed_guard.context import GAVE_UP, RETRY_SCHEDULED, CallContext
 from qwed_guard.errors import VerificationFailed, bad_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard
-from qwed_guard.outcomes import Classifier, Diagnosis, Outcome
+from qwed_guard.outcomes import ANSWERED, Classifier, Diagnosis, Outcome
+from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
 __all__ = ["DEFAULT_RETRY_ON", "RetryLayer", "retry"]
 
@@ -90,6 +92,7 @@ class RetryLayer(Layer):
         retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
         max_reasks: int | None = None,
         classifier: Classifier | None = None,
+        verdict: VerdictRules | Judge | None = None,
     ) -> None:
         if isinstance(max_tries, bool) or not isinstance(max_tries, int):
             raise bad_parameter(
@@ -139,6 +142,7 @@ class RetryLayer(Layer):
         self.retry_on = _parse_retry_on(retry_on)
         self.max_reasks = max_reasks
         self.classifier = classifier
+        self.verdict = as_rules(verdict)
 
     def describe(self) -> str:
         schedule = ", ".join(f"{w:g} s" for w in self.schedule())
@@ -179,13 +183,16 @@ class RetryLayer(Layer):
         outcome = diagnosis.outcome
         if outcome not in self.retry_on:
             return f"{outcome.value} outcomes are not retried"
+        if diagnosis.final:
+            return f"{outcome.value} by a deterministic check: asking again gives the same answer"
         if ctx.attempt >= self.max_tries:
             return f"max_tries={self.max_tries} reached"
         if outcome in _REASKS and self.max_reasks is not None and reasks > self.max_reasks:
             return f"max_reasks={self.max_reasks} reached"
         computed = float(next(waits))
-        if diagnosis.retry_after is not None:
-            wait = min(diagnosis.retry_after, self.max_delay)
+        retry_after = diagnosis.retry_after
+        if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+            wait = min(retry_after, self.max_delay)
         else:
             wait = self._jitter(computed) if self._jitter is not None else computed
             wait = min(max(wait, 0.0), self.max_delay)
@@ -228,7 +235,7 @@ class RetryLayer(Layer):
                 except Exception as error:
                     exc = error
                 diagnosis = call_diagnosis(ctx, exc)
-                if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+                if exc is None and diagnosis.outcome in ANSWERED:
                     return result
                 reasks += diagnosis.outcome in _REASKS
                 if waits is None:
@@ -256,7 +263,7 @@ class RetryLayer(Layer):
                 except Exception as error:
                     exc = error
                 diagnosis = call_diagnosis(ctx, exc)
-                if exc is None and diagnosis.outcome is Outcome.VERIFIED:
+                if exc is None and diagnosis.outcome in ANSWERED:
                     return result
                 reasks += diagnosis.outcome in _REASKS
                 if waits is None:
@@ -288,6 +295,7 @@ def retry(
     retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
     max_reasks: int | None = None,
     classifier: Classifier | None = None,
+    verdict: VerdictRules | Judge | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -297,8 +305,9 @@ def retry(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
     Waits `base * factor ** n` seconds (1 s, 2 s, 4 s by default), jittered (`"full"`) unless
     `jitter=None`, capped by `max_delay`; a server's Retry-After replaces the computed wait. No
     attempt starts after `max_time`. Transient failures, refuted and unverifiable answers are
-    retried (`retry_on`; `max_reasks` caps the re-asks); permanent ones never. When it gives up it
-    raises `VerificationFailed` with every attempt.
+    retried (`retry_on`; `max_reasks` caps the re-asks); permanent ones and refusals by a
+    deterministic check never. `verdict` sets how results are judged (see `VerdictRules`).
+    When it gives up it raises `VerificationFailed` with every attempt.
     """
     layer = RetryLayer(**params)
     if fn is not None:

@@ -61,7 +61,7 @@ class AttemptTimeoutLayer(Layer):
     def describe(self) -> str:
         return f"attempt_timeout(seconds={self.seconds:g})"
 
-    def bind(self, fn: Callable[..., Any], name: str) -> AttemptTimeoutLayer:
+    def bind(self, fn: Callable[..., Any], name: str, key: str) -> AttemptTimeoutLayer:
         if not inspect.iscoroutinefunction(fn):
             raise bad_parameter(
                 "seconds",

@@ -90,12 +90,20 @@ def test_ordinary_exceptions_fall_back() -> None:
     assert "RuntimeError: disk on fire" in (result.reason or "")
 
 
-def test_a_verified_plain_value_passes_through() -> None:
+def test_a_plain_value_passes_through_unverified() -> None:
     @fallback(value=0.0)
     def compute(query: str) -> float:
         return 12.5
 
-    assert compute("q") == GuardedResult(verified=True, value=12.5, confidence=1.0, result=12.5)
+    # No verdict: the value is the function's, labelled unchecked, never verified.
+    assert compute("q") == GuardedResult(
+        verified=False,
+        value=12.5,
+        confidence=None,
+        source="unchecked",
+        outcome=Outcome.UNCHECKED,
+        result=12.5,
+    )
 
 
 def test_handler_gets_the_failure_and_the_arguments() -> None:

@@ -65,8 +65,8 @@ def test_qwed_error_strings(error: str, outcome: Outcome) -> None:
 def test_verified_refuted_and_plain_values() -> None:
     assert classify(qwed(None, verified=True)) is Outcome.VERIFIED
     assert classify(qwed(None)) is Outcome.REFUTED
-    # A function that returns a plain value did its job.
-    assert classify(42) is Outcome.VERIFIED
+    # A plain value carries no verdict: it passes through as unchecked, never verified.
+    assert classify(42) is Outcome.UNCHECKED
 
 
 def test_wire_failure_makes_the_classification_exact() -> None:
@@ -133,8 +133,10 @@ def test_custom_classifier_wins() -> None:
     assert diagnose(ValueError("flaky"), classifier=lenient).outcome is Outcome.TRANSIENT
     detailed = diagnose(1, classifier=lambda _: Diagnosis(Outcome.TRANSIENT, retry_after=3.0))
     assert detailed.retry_after == 3.0
-    with pytest.raises(TypeError, match="Outcome or a Diagnosis"):
-        diagnose(1, classifier=lambda _: "transient")
+    # A classifier that answers nonsense fails closed, saying why.
+    nonsense = diagnose(1, classifier=lambda _: "transient")
+    assert nonsense.outcome is Outcome.UNVERIFIABLE and nonsense.final
+    assert "expected an Outcome, a Diagnosis or a bool" in (nonsense.error or "")
 
 
 def test_parse_retry_after_forms() -> None:

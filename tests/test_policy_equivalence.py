@@ -9,6 +9,7 @@ fallbacks, alerts, the breaker's state and the audit lines.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ class Replies:
         self.calls += 1
         reply = self.left.pop(0) if self.left else OK
         if isinstance(reply, Exception):
-            raise reply
+            # A fresh exception each time: a raised one keeps its traceback, and with it the
+            # run's function alive into the next run.
+            raise type(reply)(*reply.args)
         return reply
 
 
@@ -244,6 +247,7 @@ def test_policy_behaves_like_hand_stacked_decorators(case: Case, mode: str) -> N
     DEFAULT_STORE.clear()
     by_hand = run(case.by_hand(), label)
     DEFAULT_STORE.clear()
+    gc.collect()  # the first run's function is gone: the second one gets its name's state key
     by_policy = run(policy, label)
     if "audit" in by_hand:
         # Only the policy's calls carry its hash: into every audit record and every alert.

@@ -22,8 +22,9 @@ from qwed_guard.alerts.record import Alert, AlertHistory, AlertKind, Reason, rfc
 from qwed_guard.context import ALERT_SENT, CallContext
 from qwed_guard.errors import bad_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard
-from qwed_guard.outcomes import Diagnosis, Outcome, scrub
+from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome, scrub
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
 __all__ = ["DEFAULT_STORE", "AlertLayer", "Decision", "Rules", "alert_on_failures", "decide"]
 
@@ -239,7 +240,9 @@ class AlertLayer(Layer):
         timeout: float = DEFAULT_TIMEOUT,
         retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        verdict: VerdictRules | Judge | None = None,
     ) -> None:
+        self.verdict = as_rules(verdict)
         threshold = _integer("threshold", threshold, 1)
         repeat = _number("repeat_interval", repeat_interval, allow_none=True)
         if key is not None and (not isinstance(key, str) or not key.strip()):
@@ -285,9 +288,9 @@ class AlertLayer(Layer):
 
     # ------------------------------------------------------------------ binding
 
-    def bind(self, fn: Callable[..., Any], name: str) -> AlertLayer:
+    def bind(self, fn: Callable[..., Any], name: str, key: str) -> AlertLayer:
         bound = copy.copy(self)
-        bound.key = self.key or name
+        bound.key = self.key or key
         bound.history = AlertHistory(self.history.maxlen)
         return bound
 
@@ -340,7 +343,7 @@ class AlertLayer(Layer):
             self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
             raise
         diagnosis = call_diagnosis(ctx)
-        failed = diagnosis.outcome is not Outcome.VERIFIED
+        failed = diagnosis.outcome not in ANSWERED
         if failed or not self._steady(ctx):
             self._observe(ctx, diagnosis, failed=failed)
         return result
@@ -352,7 +355,7 @@ class AlertLayer(Layer):
             self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
             raise
         diagnosis = call_diagnosis(ctx)
-        failed = diagnosis.outcome is not Outcome.VERIFIED
+        failed = diagnosis.outcome not in ANSWERED
         if failed or not self._steady(ctx):
             self._observe(ctx, diagnosis, failed=failed)
         return result
@@ -439,6 +442,7 @@ def alert_on_failures(
     timeout: float = DEFAULT_TIMEOUT,
     retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    verdict: VerdictRules | Judge | None = None,
 ) -> Callable[[F], F]: ...
 
 

@@ -43,29 +43,36 @@ from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.fallback import GuardedResult
 from qwed_guard.layer import Layer, call_diagnosis, guard
 from qwed_guard.outcomes import Outcome
+from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules, attestation_summary
 
 __all__ = ["AuditLayer", "audited"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
+_SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
 _QUIET_EVENTS = frozenset({ATTEMPT_STARTED, RETRY_SCHEDULED})
 _MISSING: Any = object()
 _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
 def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
-    """(verified, value, confidence) of what an attempt or a call produced."""
+    """(verified, value, confidence) of what an attempt or a call produced.
+
+    `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is.
+    """
     if isinstance(result, BaseException):
         return False, None, None
-    verified = getattr(result, "verified", _MISSING)
-    if verified is _MISSING:  # a plain return value: verified when the classifier says so
-        return outcome is Outcome.VERIFIED, jsonable(result), None
-    value = getattr(result, "value", None)
-    confidence = getattr(result, "confidence", None)
+    verified = outcome is Outcome.VERIFIED
+    if type(result) is GuardedResult:
+        verified = verified and result.verified is True and result.source == "verified"
+        value, confidence = result.value, result.confidence
+    else:
+        answer = answer_of(result)
+        value, confidence = answer.value, answer.confidence
     kind = type(value)
     return (
-        verified is True,
+        verified,
         value
         if value is None or kind is int
         else float_text(value)
@@ -73,6 +80,14 @@ def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
         else jsonable(value),
         float_text(confidence) if type(confidence) is float else jsonable(confidence),
     )
+
+
+def _attestation_field(result: Any, verified: bool, rules: VerdictRules) -> Any:
+    """The attestation's id and digest, when the answer carries one (a fallback never does)."""
+    token = getattr(result, "attestation", None)
+    if not isinstance(token, str) or not token:
+        return None
+    return attestation_summary(token, checked=verified and rules.require_attestation)
 
 
 class _QueryLocator:
@@ -188,6 +203,9 @@ class _Call:
         )
         if attempt.reused:  # only on attempts that took replies from an earlier one
             record["reused"] = attempt.reused
+        attestation = _attestation_field(result, verified, self.ctx.rules)
+        if attestation is not None:
+            record["attestation"] = attestation
         self.layer._write(self, record)
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
@@ -216,7 +234,7 @@ class _Call:
         else:
             diagnosis = call_diagnosis(ctx)
             outcome = diagnosis.outcome
-            source = "verified" if outcome is Outcome.VERIFIED else "unverified"
+            source = _SOURCES.get(outcome, "unverified")
             verified, value, confidence = _result_fields(result, outcome)
             error = diagnosis.error
         events: list[dict[str, Any]] = []
@@ -252,6 +270,10 @@ class _Call:
                 "events": events,
             }
         )
+        if exc is None:
+            attestation = _attestation_field(result, verified, ctx.rules)
+            if attestation is not None:
+                record["attestation"] = attestation
         self.layer._write(self, record)
 
 
@@ -279,7 +301,9 @@ class AuditLayer(Layer):
         rotate_seconds: float | None = None,
         keep_files: int | None = None,
         keep_days: float | None = None,
+        verdict: VerdictRules | Judge | None = None,
     ) -> None:
+        self.verdict = as_rules(verdict)
         if on_error not in ("raise", "log"):
             raise bad_parameter("on_error", f"must be 'raise' or 'log', got {on_error!r}")
         if context is not None and not isinstance(context, Mapping):
@@ -331,7 +355,7 @@ class AuditLayer(Layer):
         self._function = "?"
         self._query = _QueryLocator(None, query_arg)
 
-    def bind(self, fn: Callable[..., Any], name: str) -> AuditLayer:
+    def bind(self, fn: Callable[..., Any], name: str, key: str) -> AuditLayer:
         bound = copy.copy(self)
         bound._function = name
         bound._query = _QueryLocator(fn, self.query_arg)
@@ -491,6 +515,7 @@ def audited(
     rotate_seconds: float | None = None,
     keep_files: int | None = None,
     keep_days: float | None = None,
+    verdict: VerdictRules | Judge | None = None,
 ) -> Callable[[F], F]: ...
 
 
