@@ -25,8 +25,10 @@ from qwed_guard.errors import (
 from qwed_guard.fallback import Failure, GuardedResult, fallback
 from qwed_guard.outcomes import Diagnosis, Outcome, classify, diagnose
 from qwed_guard.policy import Policy
+from qwed_guard.proxy import guard_client
 from qwed_guard.retry import retry
 from qwed_guard.timeout import AttemptTimeout, attempt_timeout
+from qwed_guard.verdicts import VerdictRules, register_verdict
 
 __version__ = "0.1.0.dev0"
 
@@ -45,6 +47,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "QwedGuardError",
+    "VerdictRules",
     "VerificationFailed",
     "__version__",
     "alert_on_failures",
@@ -55,6 +58,8 @@ __all__ = [
     "classify",
     "diagnose",
     "fallback",
+    "guard_client",
     "guarded_client",
+    "register_verdict",
     "retry",
 ]

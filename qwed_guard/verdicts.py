@@ -21,6 +21,7 @@ count it. Re-asking only helps where an LLM produced the answer.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -257,6 +258,9 @@ def _hosted_verdict(
         return Diagnosis(Outcome.UNVERIFIABLE, f"{why}: {text}", final=final)
     if status == "BLOCKED" and str(data.get("constraint_id", "")).endswith("execution_error"):
         return Diagnosis(Outcome.UNVERIFIABLE, f"{why}: the engine could not run", final=final)
+    if status == "VERIFIED" and admission is None:
+        # The engine agreed but QWED's rule admits only with is_valid or an ADMIT admission.
+        return Diagnosis(Outcome.UNVERIFIABLE, f"{why}: not admitted", final=final)
     if status in ("VERIFIED", "BLOCKED", "UNVERIFIED", "REFUTED", "FAILED"):
         return Diagnosis(Outcome.REFUTED, why, final=final)
     if status == "UNVERIFIABLE":
@@ -361,8 +365,32 @@ def _batch_answer(result: Any) -> Answer:
     return Answer(values, None, evidence, getattr(result, "status", None))
 
 
+def _judge_guarded(result: Any, rules: VerdictRules, wire: WireFailure | None) -> Diagnosis:
+    """A guarded call's own result, returned by another guarded function."""
+    if result.source == "verified" and result.verified is True:
+        return _VERIFIED
+    if result.source == "unchecked":
+        return _UNCHECKED
+    outcome = result.outcome
+    if outcome in (Outcome.VERIFIED, Outcome.UNCHECKED):
+        outcome = Outcome.UNVERIFIABLE  # a fallback is never verified, whatever it says
+    return Diagnosis(outcome, result.reason or result.error, final=True)
+
+
+def _guarded_answer(result: Any) -> Answer:
+    return Answer(
+        result.value,
+        result.confidence,
+        result.evidence,
+        result.status,
+        result.admission,
+        result.attestation,
+    )
+
+
 _BY_NAME.update(
     {
+        "qwed_guard.fallback.GuardedResult": _Entry(_judge_guarded, _guarded_answer),
         "qwed_sdk.qwed_local.VerificationResult": _Entry(_judge_local, _local_answer),
         "qwed_sdk.models.VerificationResult": _Entry(_judge_hosted, _hosted_answer),
         "qwed_sdk.models.BatchResult": _Entry(_judge_batch, _batch_answer),
@@ -504,6 +532,7 @@ def _user_verdict(judge: Judge | Classifier, result: Any) -> Diagnosis:
 
 # ----------------------------------------------------------------------------- attestations
 
+_NO_KEYS = "no keys to check it with: give jwks= (the server's URL) or use guard_client"
 _JWKS_MAX_AGE = 300.0  # seconds, as QWED's server says in Cache-Control
 
 
@@ -681,22 +710,35 @@ class VerdictRules:
             raise bad_parameter(
                 "jwks", "must be the QWED server's URL, a JWKS URL, a JWKS object or a client"
             )
-        if self.require_attestation and jwks is None:
-            raise bad_parameter(
-                "jwks",
-                "require_attestation needs the server's keys: give jwks= (the server's URL) "
-                "or use guard_client, which asks the client",
-            )
         if self.method is not None and not isinstance(self.method, str):
             raise bad_parameter("method", "must be a method name", wrong_type=True)
         object.__setattr__(self, "_keys", _Keys(jwks) if jwks is not None else None)
 
+    def describe(self) -> str:
+        parts = [f"plain={self.plain}"]
+        if self.judge is not None:
+            parts.append(f"judge={_callable_name(self.judge)}")
+        if self.deterministic is not None:
+            parts.append(f"deterministic={self.deterministic}")
+        if self.require_attestation:
+            parts.append("require_attestation")
+        return "verdict(" + "; ".join(parts) + ")"
+
+    def with_client(self, method: str, client: Any) -> VerdictRules:
+        """These rules for one method of a QWED client (its keys check attestations)."""
+        jwks = self.jwks if self.jwks is not None else client
+        if not callable(getattr(jwks, "get_jwks", None)) and self.jwks is None:
+            jwks = None  # QWEDLocal has no keys: a required attestation then fails closed
+        return dataclasses.replace(self, method=method, jwks=jwks)
+
     def keys(self) -> Mapping[str, Any]:
-        assert self._keys is not None
+        if self._keys is None:
+            raise LookupError(_NO_KEYS)
         return self._keys.get()
 
     async def akeys(self) -> Mapping[str, Any]:
-        assert self._keys is not None
+        if self._keys is None:
+            raise LookupError(_NO_KEYS)
         return await self._keys.aget()
 
 
@@ -745,6 +787,8 @@ def judge_result(
         if jwks is None:
             try:
                 jwks = rules.keys()
+            except LookupError as exc:
+                return Diagnosis(Outcome.UNVERIFIABLE, f"attestation required: {exc}", final=True)
             except Exception as exc:
                 why = scrub(f"attestation keys unavailable: {type(exc).__name__}: {exc}")
                 return Diagnosis(Outcome.TRANSIENT, why)
@@ -758,6 +802,8 @@ async def prefetch_keys(rules: VerdictRules) -> Mapping[str, Any] | Diagnosis:
     """The JWKS for an async attempt, fetched without blocking the loop, or why not."""
     try:
         return await rules.akeys()
+    except LookupError as exc:
+        return Diagnosis(Outcome.UNVERIFIABLE, f"attestation required: {exc}", final=True)
     except Exception as exc:
         why = scrub(f"attestation keys unavailable: {type(exc).__name__}: {exc}")
         return Diagnosis(Outcome.TRANSIENT, why)

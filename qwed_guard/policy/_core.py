@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 from qwed_guard.errors import ParameterError, PolicyError
 from qwed_guard.layer import Layer, guard
 from qwed_guard.outcomes import scrub
+from qwed_guard.verdicts import VerdictRules
 
 __all__ = ["CANONICAL_ORDER", "Policy"]
 
@@ -51,8 +52,14 @@ _SECTIONS: Final[dict[str, _Section]] = {
     "attempt_timeout": _Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
 }
 CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(_SECTIONS)
+# Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
+_VERDICT: Final = "verdict"
+_SPECS: Final[dict[str, _Section]] = {
+    **_SECTIONS,
+    _VERDICT: _Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"})),
+}
 _OPTIONS: Final = ("order", "allow_unusual_order")
-_TOP_KEYS: Final = (*CANONICAL_ORDER, *_OPTIONS)
+_TOP_KEYS: Final = (*CANONICAL_ORDER, _VERDICT, *_OPTIONS)
 _MAX_DEPTH: Final = 32
 _MAX_NODES: Final = 100_000  # YAML aliases can make a small file a huge (or endless) value
 _UNSET: Any = object()
@@ -225,11 +232,13 @@ def _looks_dotted(value: str) -> bool:
 
 
 def _layer_class(name: str) -> type[Layer]:
-    section = _SECTIONS[name]
+    section = _SPECS[name]
     if importlib.util.find_spec(section.module) is None:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
     cls = getattr(module, section.cls, None)
+    if name == _VERDICT and isinstance(cls, type):
+        return cls  # built like a layer, applied to the whole stack
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise LookupError(f"not available: {section.module} defines no {section.cls} layer")
     return cls
@@ -284,7 +293,7 @@ def _normalize_value(
     section: str, key: str, value: Any, parameter: inspect.Parameter | None, problems: _Problems
 ) -> Any:
     path = f"{section}.{key}"
-    if key in _SECTIONS[section].callables:
+    if key in _SPECS[section].callables:
         if isinstance(value, (list, tuple)):  # e.g. notify: ["log", my_module.page_someone]
             value = [_callable_name(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
         else:
@@ -344,7 +353,7 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
         problems.add(f"{name}.{key}", "required")
     arguments = dict(given)
     unresolved = bad_data
-    for key in _SECTIONS[name].callables:
+    for key in _SPECS[name].callables:
         value = arguments.get(key)
         if isinstance(value, str) and _looks_dotted(value):
             try:
@@ -466,12 +475,13 @@ class Policy:
     that data.
     """
 
-    __slots__ = ("_canonical", "_data", "_hash", "_layers", "_order")
+    __slots__ = ("_canonical", "_data", "_hash", "_layers", "_order", "_rules")
 
     _canonical: str
     _data: dict[str, Any]
     _hash: str
     _layers: dict[str, Layer]
+    _rules: VerdictRules | None
     _order: tuple[str, ...]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -483,7 +493,7 @@ class Policy:
         for key in data:
             if key in _SECTIONS:
                 sections.append(key)
-            elif key not in _OPTIONS:
+            elif key != _VERDICT and key not in _OPTIONS:
                 problems.add(str(key), _unknown(key, _TOP_KEYS))
         normalized: dict[str, Any] = {}
         layers: dict[str, Layer] = {}
@@ -492,6 +502,9 @@ class Policy:
             normalized[name] = params
             if layer is not None:
                 layers[name] = layer
+        rules: Any = None
+        if _VERDICT in data:
+            normalized[_VERDICT], rules = _build_section(_VERDICT, data[_VERDICT], problems)
         allow = data.get("allow_unusual_order", False)
         if not isinstance(allow, bool):
             problems.add("allow_unusual_order", f"must be true or false, got {allow!r}")
@@ -511,6 +524,7 @@ class Policy:
         setattr_(self, "_canonical", canonical)
         setattr_(self, "_hash", "sha256:" + hashlib.sha256(canonical.encode()).hexdigest())
         setattr_(self, "_layers", layers)
+        setattr_(self, "_rules", rules)
         setattr_(self, "_order", order)
 
     # -- building -----------------------------------------------------------------------------
@@ -552,6 +566,11 @@ class Policy:
         return self._hash
 
     @property
+    def verdict(self) -> VerdictRules | None:
+        """The policy's `verdict` table as rules, if it has one."""
+        return self._rules
+
+    @property
     def order(self) -> tuple[str, ...]:
         """The enabled layers, outermost first."""
         return self._order
@@ -566,6 +585,8 @@ class Policy:
         lines = [f"policy {self._hash[:19]}  (outermost first)"]
         if self._data.get("allow_unusual_order"):
             lines[0] += "  [unusual order allowed]"
+        if self._rules is not None:
+            lines.append(f"  verdicts: {self._rules.describe()}")
         for index, name in enumerate(self._order, 1):
             lines.append(f"  {index}. {self._layers[name].describe()}")
         lines.append(f"  {len(self._order) + 1}. the function" if self._order else "  (no layers)")
@@ -580,13 +601,22 @@ class Policy:
         `Layer.bind`; the layers' configuration is shared. With `fallback` in the policy the
         function returns a `GuardedResult`.
         """
+        return self.wrap_with(fn, self._rules)
+
+    def wrap_with(self, fn: F, rules: VerdictRules | None) -> F:
+        """Apply the stack to `fn` with these verdict rules instead of the policy's own."""
         wrapped: Any = fn
         for index in range(len(self._order) - 1, -1, -1):
             name = self._order[index]
             # The outermost layer stamps the hash on each call, for audit records and alerts.
             stamp = self._hash if index == 0 else None
             try:
-                wrapped = guard(wrapped, self._layers[name], policy_hash=stamp)
+                wrapped = guard(
+                    wrapped,
+                    self._layers[name],
+                    policy_hash=stamp,
+                    verdict=rules if index == 0 else None,
+                )
             except ParameterError as exc:  # a layer that refuses this function (sync timeout)
                 path = f"{name}.{exc.param}: {exc.problem}"
                 raise PolicyError(f"cannot apply policy: {path}", [path]) from None

@@ -13,7 +13,8 @@ PRESETS: Final[dict[str, str]] = {
     "production": "retry 3 tries (waits 1 s, 2 s), fall back to a conservative value, "
     "alert after 5 consecutive failures, audit every attempt, circuit breaker (opens when 80% "
     "of the last 50 attempts failed)",
-    "strict": "no fallback (fail closed: unverified calls raise), retry 3 tries, alert at once "
+    "strict": "no fallback (fail closed: unverified calls and plain values with no verdict "
+    "raise), retry 3 tries, alert at once "
     "on a permanent error, audit every attempt, circuit breaker (80% of the last 50 attempts)",
     "dev": "no waits between retries, in-memory audit, no alerts",
 }
@@ -46,6 +47,8 @@ def _sections(name: str) -> dict[str, dict[str, Any]]:
         }
     if name == "strict":
         return {
+            # Fail closed: a plain value with no verdict is a failure, not a pass.
+            "verdict": {"plain": "fail"},
             "audited": {},
             "alert_on_failures": {"threshold": 5, "alert_on_permanent": True},
             "retry": dict(_RETRY),
@@ -59,7 +62,7 @@ def _sections(name: str) -> dict[str, dict[str, Any]]:
 
 def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The policy data of preset `name`, with the fallback value and section overrides applied."""
-    from qwed_guard.policy._core import _OPTIONS, _SECTIONS, _UNSET, _did_you_mean
+    from qwed_guard.policy._core import _OPTIONS, _SPECS, _UNSET, _did_you_mean
 
     if name not in PRESETS:
         raise PolicyError(
@@ -75,9 +78,9 @@ def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) ->
     for key, value in overrides.items():
         if key in _OPTIONS:
             data[key] = value
-        elif key not in _SECTIONS:
-            known = ", ".join(["fallback_value", *_SECTIONS, *_OPTIONS])
-            problems.append(f"{key}: unknown override{_did_you_mean(key, _SECTIONS)} ({known})")
+        elif key not in _SPECS:
+            known = ", ".join(["fallback_value", *_SPECS, *_OPTIONS])
+            problems.append(f"{key}: unknown override{_did_you_mean(key, _SPECS)} ({known})")
         elif value is None:
             data.pop(key, None)
         elif isinstance(value, Mapping):
