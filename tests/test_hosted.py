@@ -7,6 +7,8 @@ canonical stack (audit, fallback, retry, breaker) on the fake clock, and asserts
 rendered from `CASES` and checked by `test_the_readme_table_is_these_cases`.
 """
 
+# ruff: noqa: E501 - the case table reads best with one case per line
+
 from __future__ import annotations
 
 import asyncio

@@ -70,7 +70,7 @@ def local() -> QWEDLocal:
         (lambda q: q.verify_code("fn main() {}", language="rust"), Outcome.PERMANENT, True),
         (lambda q: q.verify_shell_command("ls -la"), Outcome.VERIFIED, False),
         (lambda q: q.verify_shell_command("rm -rf /"), Outcome.REFUTED, True),
-        (lambda q: q.verify_file_access("/etc/shadow", allowed_paths=["/tmp"]), Outcome.REFUTED, True),
+        (lambda q: q.verify_file_access("/etc/shadow", allowed_paths=["/tmp"]), Outcome.REFUTED, True),  # noqa: E501
         (lambda q: q.verify_config({"aws": "AKIACANARY0000000000"}), Outcome.REFUTED, True),
         (lambda q: q.verify_config({"debug": True}), Outcome.VERIFIED, False),
     ],
@@ -254,9 +254,9 @@ def test_a_policy_file_names_its_verdict() -> None:
     assert policy.verdict == VerdictRules(plain="fail")
     assert "verdict(plain=fail)" in policy.describe()
     assert Policy.from_dict(policy.to_dict()) == policy
-    with pytest.raises(ValueError, match="verdict.plain"):
+    with pytest.raises(ValueError, match=r"verdict\.plain"):
         Policy.from_dict({"verdict": {"plain": "maybe"}, "retry": {}})
-    with pytest.raises(ValueError, match="verdict.requre_attestation"):
+    with pytest.raises(ValueError, match=r"verdict\.requre_attestation"):
         Policy.from_dict({"verdict": {"requre_attestation": True}, "retry": {}})
 
 
