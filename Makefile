@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/qwed-guard demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check qwed_guard tests scripts $(wildcard benchmarks)
-	$(BIN)/ruff format --check qwed_guard tests scripts $(wildcard benchmarks)
+	$(BIN)/ruff check qwed_guard tests scripts docs/hooks $(wildcard benchmarks)
+	$(BIN)/ruff format --check qwed_guard tests scripts docs/hooks $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict qwed_guard
