@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export QWED_QUIET := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo test lint typecheck pytest notebooks docs docs-serve dist dist-check \
+.PHONY: venv demo test lint typecheck pytest notebooks docs docs-serve docs-screenshot dist dist-check \
 	services-install services services-stop bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
@@ -41,6 +41,9 @@ notebooks: $(STAMP)
 # (not --quiet: it hides the warnings that strict mode counts).
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+docs-screenshot: docs
+	bash scripts/screenshot_docs.sh
 
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
