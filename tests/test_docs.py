@@ -102,3 +102,27 @@ def test_the_samples_that_run_cover_every_pattern() -> None:
     for page in ("quickstart", "patterns/alerts", "patterns/audit", "policy", "fleet", "testing"):
         assert f"docs/{page}.md" in covered
     assert len(SAMPLES) >= 9
+
+
+def test_the_policy_reference_lists_every_key_a_policy_has() -> None:
+    import importlib.util
+
+    from qwed_guard import Policy
+
+    spec = importlib.util.spec_from_file_location(
+        "policy_reference", ROOT / "docs" / "hooks" / "policy_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = hook.on_page_markdown("before\n<!-- policy-reference -->\nafter")
+    assert page.startswith("before\n") and page.endswith("\nafter")
+    normalized = Policy.preset("production", fallback_value=1.0).to_dict()
+    sections = {name: keys for name, keys in normalized.items() if isinstance(keys, dict)}
+    assert set(sections) >= {"audited", "fallback", "alert_on_failures", "retry"}
+    for name, keys in sections.items():
+        table = page.split(f"### `{name}`", 1)[1].split("### ", 1)[0]
+        for key in keys:
+            assert f"| `{key}` |" in table, f"{name}.{key} is missing from the reference"
+    assert "| `max_tries` | `int` | `3` |" in page
+    assert "<!-- policy-reference -->" in (ROOT / "docs" / "policy.md").read_text(encoding="utf-8")
