@@ -56,7 +56,7 @@ dist: $(STAMP)
 
 # The wheel in a clean venv outside the checkout: the command, `python -m`, a notebook.
 dist-check: dist
-	bash scripts/check_dist.sh dist
+	PYTHON=$(PYTHON) bash scripts/check_dist.sh dist
 
 test: lint typecheck pytest notebooks docs dist-check
 
