@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 export QWED_QUIET := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo test lint typecheck pytest notebooks services services-stop bench bench-quick chaos clean
+.PHONY: venv demo test lint typecheck pytest notebooks docs docs-serve docs-screenshot dist dist-check \
+	services-install services services-stop bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench,fleet]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,notebooks,bench,fleet]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,13 +22,14 @@ demo: $(STAMP)
 	$(BIN)/qwed-guard demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check qwed_guard tests scripts $(wildcard benchmarks)
-	$(BIN)/ruff format --check qwed_guard tests scripts $(wildcard benchmarks)
+	$(BIN)/ruff check qwed_guard tests scripts docs/hooks $(wildcard benchmarks)
+	$(BIN)/ruff format --check qwed_guard tests scripts docs/hooks $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict qwed_guard
 
-pytest: $(STAMP)
+# The Redis and PostgreSQL tests start private servers from the Debian binaries.
+pytest: $(STAMP) services-install
 	$(BIN)/pytest -q
 
 notebooks: $(STAMP)
@@ -34,7 +37,28 @@ notebooks: $(STAMP)
 		$(BIN)/pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=120 notebooks; \
 	else echo "no notebooks yet"; fi
 
-test: lint typecheck pytest notebooks
+# The documentation site, into site/; --strict: a broken link or reference fails the build
+# (not --quiet: it hides the warnings that strict mode counts).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-screenshot: docs
+	bash scripts/screenshot_docs.sh
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# Wheel and sdist into dist/.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist . >/dev/null
+	@ls dist
+
+# The wheel in a clean venv outside the checkout: the command, `python -m`, a notebook.
+dist-check: dist
+	PYTHON=$(PYTHON) bash scripts/check_dist.sh dist
+
+test: lint typecheck pytest notebooks docs dist-check
 
 # Benchmarks against tenacity, backoff, stamina and loguru (not part of `make test`).
 bench: $(STAMP)
@@ -47,7 +71,11 @@ bench-quick: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos
 
-# Local Redis and PostgreSQL on 127.0.0.1 for the fleet tests (installed from Debian if missing).
+# Debian's redis-server and postgresql, when missing (the tests start their own servers).
+services-install:
+	bash scripts/services.sh install
+
+# Local Redis and PostgreSQL on 127.0.0.1 for the fleet benchmarks (installed if missing).
 services:
 	bash scripts/services.sh start
 
@@ -55,4 +83,4 @@ services-stop:
 	bash scripts/services.sh stop
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site dist build

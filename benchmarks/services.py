@@ -1,6 +1,7 @@
 """Where the local Redis and PostgreSQL that `make services` starts are, and whether they answer.
 
-Shared by the fleet benchmarks and the test fixtures (tests/services.py). A URL comes from
+The fleet benchmarks read the URLs; the test fixtures (tests/services.py), which start private
+servers of their own, share the health checks. A URL comes from
 `QWED_GUARD_REDIS_URL` / `QWED_GUARD_POSTGRES_URL`, else from the env file scripts/services.sh
 writes, else the default local ports.
 """

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Local Redis and PostgreSQL for the fleet tests: `make services` (start), `stop`, `status`, `env`.
+# Redis and PostgreSQL from Debian: `install`, `start` (`make services`), `stop`, `status`, `env`.
 #
-# Installs the Debian packages `redis-server` and `postgresql` when missing, then runs both on
-# 127.0.0.1 with throwaway data under $QWED_GUARD_SERVICES_DIR (default
-# ${TMPDIR:-/tmp}/qwed-guard-services) and writes their URLs to "$dir/env", which the tests read.
-# Idempotent: a server that already answers is left alone. `stop` stops both and deletes the data.
+# `install` (run by `make test`) installs the Debian packages `redis-server` and `postgresql` when
+# their binaries are missing; the tests then start private servers of their own (tests/services.py).
+# `start` installs, then runs both on 127.0.0.1 for the benchmarks, with throwaway data under
+# $QWED_GUARD_SERVICES_DIR (default ${TMPDIR:-/tmp}/qwed-guard-services), and writes their URLs to
+# "$dir/env", which benchmarks/services.py reads. Idempotent: a server that already answers is
+# left alone. `stop` stops both and deletes the data.
 set -euo pipefail
 
 DIR="${QWED_GUARD_SERVICES_DIR:-${TMPDIR:-/tmp}/qwed-guard-services}"
@@ -68,9 +70,11 @@ install_missing() {
         created_policy=1
     fi
     local status=0
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || status=$?
+    # Wait for another apt-get (a second checkout installing the same) instead of failing.
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+    as_root "${apt[@]}" update -qq || status=$?
     if [[ $status -eq 0 ]]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        as_root "${apt[@]}" install -y -qq \
             --no-install-recommends "${packages[@]}" >/dev/null || status=$?
     fi
     [[ $created_policy -eq 1 ]] && as_root rm -f "$policy"
@@ -211,6 +215,7 @@ status() {
 }
 
 case "${1:-start}" in
+install) install_missing ;;
 start)
     install_missing
     start_redis
@@ -221,7 +226,7 @@ stop) stop_all ;;
 status) status ;;
 env) cat "$ENV_FILE" ;;
 *)
-    echo "usage: $0 [start|stop|status|env]" >&2
+    echo "usage: $0 [install|start|stop|status|env]" >&2
     exit 2
     ;;
 esac

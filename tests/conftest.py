@@ -6,5 +6,5 @@ import os
 
 os.environ.setdefault("QWED_QUIET", "1")
 
-# Live Redis/PostgreSQL fixtures (started by `make services`).
+# Private Redis/PostgreSQL servers for the test session (started by the fixtures themselves).
 pytest_plugins = ["tests.services"]

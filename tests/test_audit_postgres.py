@@ -1,15 +1,12 @@
 """The PostgreSQL audit sink against a live server: same records and chain as JSONL, many writer
-processes, an insert/select-only role, and a server that dies mid-run (a private instance)."""
+processes, an insert/select-only role, and a server that dies mid-run (private servers, started
+by tests/services.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import stat
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from qwed_guard.audit import JsonlSink, audited, read_records, verify_trail
 from qwed_guard.audit.chain import Key
 from qwed_guard.audit.cli import main as audit_cli
 from qwed_guard.audit.sinks import FsyncMode, sink_from_url
-from tests.services import missing
+from tests.services import PostgresServer, free_port
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (extra 'fleet') is not installed")
 
@@ -241,13 +238,6 @@ def test_a_role_that_may_only_insert_and_select(
             conn.execute(f"DROP ROLE {role}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_unreachable_server_spools_and_never_logs_the_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,77 +280,11 @@ def test_no_spool_or_an_unwritable_spool_fails_closed(tmp_path: Path) -> None:
             sink.append([{"v": 1, "event": "attempt", "id": "r1"}])
 
 
-# --- a private server, to kill and restart ----------------------------------------------------
-
-
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        missing("no PostgreSQL binaries under /usr/lib/postgresql")
-    return found[-1].parent
-
-
-class PrivateServer:
-    """A PostgreSQL instance of this test's own (as the `postgres` user when run as root)."""
-
-    def __init__(self) -> None:
-        self.bin = _pg_bin()
-        self.root = Path(tempfile.mkdtemp(prefix="qwed-guard-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.root.chmod(0o755)
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-
-    def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-
-    def _run(self, tool: str, *args: str) -> None:
-        command = [str(self.bin / tool), *args]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
-        self._run(
-            "pg_ctl",
-            "start",
-            "-D",
-            str(self.data),
-            "-w",
-            "-o",
-            options,
-            "-l",
-            str(self.root / "log"),
-        )
-
-    def crash(self) -> None:
-        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def private_server() -> Iterator[PrivateServer]:
-    server = PrivateServer()
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.remove()
-
-
 def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
-    private_server: PrivateServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool.jsonl"
-    url = with_options(private_server.url, spool=str(spool), retry_interval="0")
+    url = with_options(postgres_server.url, spool=str(spool), retry_interval="0")
     sink = PostgresSink(url, fsync="always")
     other = PostgresSink(url, fsync="batch", batch_size=16, batch_ms=2)  # a second writer
 
@@ -378,16 +302,16 @@ def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
 
     burst(0, 100, call)
     other.flush()
-    private_server.crash()
+    postgres_server.crash()
     burst(100, 200, call)  # no call fails: their records are durable in the spool
     other.flush()
     assert sink.degraded and spool.stat().st_size > 0
-    private_server.start()
+    postgres_server.start()
     burst(200, 300, call)  # the first commit replays the spool, then writes on
     sink.close()
     other.close()
     assert spool.stat().st_size == 0
-    ids = rows(private_server.url, "qwed_guard_audit")
+    ids = rows(postgres_server.url, "qwed_guard_audit")
     assert len(ids) == len(set(ids)) == 300 * 2 + 300
     queries = [r["query"] for r in read_records(url) if r.get("event") == "call"]
     assert queries == [f"q{n}" for n in range(300)]  # in order

@@ -96,3 +96,16 @@ def test_demo_on_an_outage_opens_the_breaker_alerts_and_audits(tmp_path: Path) -
     assert rows["audit verify"].startswith("OK")
     verified = run("audit", "verify", str(trail))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_python_m_qwed_guard_is_the_qwed_guard_command() -> None:
+    module = subprocess.run(
+        [sys.executable, "-m", "qwed_guard", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert module.returncode == 0, module.stderr
+    assert module.stdout == run("demo", "--help").stdout
+    assert module.stdout.startswith("usage: qwed-guard demo")

@@ -3,8 +3,8 @@
 The server is the one the `qwed` wheel ships (`qwed_new`), started by the `qwed_server` fixture
 on 127.0.0.1 with the simulator as its LLM. Each case runs through `guard_client` under the
 canonical stack (audit, fallback, retry, breaker) on the fake clock, and asserts the outcome,
-`verified`, `source`, the attempts and what the audit trail says. The README's hosted table is
-rendered from `CASES` and checked by `test_the_readme_table_is_these_cases`.
+`verified`, `source`, the attempts and what the audit trail says. The docs' hosted table is
+rendered from `CASES` and checked by `test_the_docs_table_is_these_cases` (docs/hosted.md).
 """
 
 # ruff: noqa: E501 - the case table reads best with one case per line
@@ -26,7 +26,7 @@ from qwed_guard import GuardedResult, Outcome, Policy, guard_client
 from qwed_guard.clock import FakeClock
 from qwed_guard.sim.qwed_api import QwedApiServer
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "hosted.md"
 SCHEMA = "CREATE TABLE users (id INT, name TEXT)"
 CONTEXT = "Paris is the capital and largest city of France."
 
@@ -340,10 +340,10 @@ async def test_async_attestations_are_checked_without_blocking(
     assert all(r.verified for r in results)
 
 
-# ----------------------------------------------------------------------------- the README
+# ------------------------------------------------------------------------------- the docs
 
 
-def readme_rows() -> list[str]:
+def table_rows() -> list[str]:
     rows = []
     for case in CASES:
         where = "" if case.server == "up" else f" ({case.server})"
@@ -357,9 +357,9 @@ def readme_rows() -> list[str]:
     return rows
 
 
-def test_the_readme_table_is_these_cases() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_the_docs_table_is_these_cases() -> None:
+    text = PAGE.read_text(encoding="utf-8")
     start = text.index("<!-- hosted-table:start -->")
     end = text.index("<!-- hosted-table:end -->")
     table = [line for line in text[start:end].splitlines() if line.startswith("| `")]
-    assert table == readme_rows()
+    assert table == table_rows()

@@ -9,10 +9,13 @@ cell really fails the run.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import itertools
 import json
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,27 @@ def test_notebook_is_valid_and_stored_without_outputs(path: Path) -> None:
         assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
     # Visible setup: the first code cell silences QWED's banners itself.
     assert 'os.environ["QWED_QUIET"] = "1"' in code[0].source
+
+
+def _distribution(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_first_cell_says_how_to_install_what_the_notebook_imports() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {_distribution(r) for r in project["dependencies"]}
+    declared |= {_distribution(r) for r in project["optional-dependencies"]["notebooks"]}
+    providers = importlib.metadata.packages_distributions()
+    for path in NOTEBOOKS:
+        notebook = _read(path)
+        assert notebook.cells[0].cell_type == "markdown"
+        assert "pip install 'qwed-guard[notebooks]'" in notebook.cells[0].source, path.name
+        code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+        for module in set(re.findall(r"^\s*(?:import|from) (\w+)", code, re.MULTILINE)):
+            if module in sys.stdlib_module_names or module == "qwed_guard":
+                continue
+            names = {_distribution(d) for d in providers.get(module, [module])}
+            assert names & declared, f"{path.name} imports {module}: not in the notebooks extra"
 
 
 def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
