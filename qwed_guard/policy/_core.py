@@ -54,10 +54,13 @@ _SECTIONS: Final[dict[str, _Section]] = {
 CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(_SECTIONS)
 # Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
 _VERDICT: Final = "verdict"
-_SPECS: Final[dict[str, _Section]] = {
-    **_SECTIONS,
-    _VERDICT: _Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"})),
-}
+_VERDICT_SPEC: Final = _Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"}))
+
+
+def _spec(name: str) -> _Section:
+    return _VERDICT_SPEC if name == _VERDICT else _SECTIONS[name]
+
+
 _OPTIONS: Final = ("order", "allow_unusual_order")
 _TOP_KEYS: Final = (*CANONICAL_ORDER, _VERDICT, *_OPTIONS)
 _MAX_DEPTH: Final = 32
@@ -232,7 +235,7 @@ def _looks_dotted(value: str) -> bool:
 
 
 def _layer_class(name: str) -> type[Layer]:
-    section = _SPECS[name]
+    section = _spec(name)
     if importlib.util.find_spec(section.module) is None:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
@@ -293,7 +296,7 @@ def _normalize_value(
     section: str, key: str, value: Any, parameter: inspect.Parameter | None, problems: _Problems
 ) -> Any:
     path = f"{section}.{key}"
-    if key in _SPECS[section].callables:
+    if key in _spec(section).callables:
         if isinstance(value, (list, tuple)):  # e.g. notify: ["log", my_module.page_someone]
             value = [_callable_name(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
         else:
@@ -353,7 +356,7 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
         problems.add(f"{name}.{key}", "required")
     arguments = dict(given)
     unresolved = bad_data
-    for key in _SPECS[name].callables:
+    for key in _spec(name).callables:
         value = arguments.get(key)
         if isinstance(value, str) and _looks_dotted(value):
             try:

@@ -62,7 +62,7 @@ def _sections(name: str) -> dict[str, dict[str, Any]]:
 
 def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The policy data of preset `name`, with the fallback value and section overrides applied."""
-    from qwed_guard.policy._core import _OPTIONS, _SPECS, _UNSET, _did_you_mean
+    from qwed_guard.policy._core import _OPTIONS, _SECTIONS, _UNSET, _VERDICT, _did_you_mean
 
     if name not in PRESETS:
         raise PolicyError(
@@ -78,9 +78,9 @@ def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) ->
     for key, value in overrides.items():
         if key in _OPTIONS:
             data[key] = value
-        elif key not in _SPECS:
-            known = ", ".join(["fallback_value", *_SPECS, *_OPTIONS])
-            problems.append(f"{key}: unknown override{_did_you_mean(key, _SPECS)} ({known})")
+        elif key not in _SECTIONS and key != _VERDICT:
+            known = ", ".join(["fallback_value", *_SECTIONS, _VERDICT, *_OPTIONS])
+            problems.append(f"{key}: unknown override{_did_you_mean(key, _SECTIONS)} ({known})")
         elif value is None:
             data.pop(key, None)
         elif isinstance(value, Mapping):
