@@ -8,6 +8,14 @@ signs its head every `checkpoint_every` records and when it closes:
 - in a separate checkpoint file (`<trail>.checkpoints`, one JSON object a line), an entry whose
   `mac` signs that checkpoint record itself, so the trail's last line is attested from outside.
 
+With a key every record also carries `sig`, an HMAC of the rest of the record (its `seq` and
+`prev_hash` included; the hash then covers `sig` too), so a record added or changed without
+the key is caught; a keyed trail
+starts with a signed `genesis` record, so a cut head is caught; checkpoint file entries chain
+to each other (`prev`, the previous entry's `mac`), so a removed entry is caught; and every
+entry can also go to an anchor file the user keeps elsewhere, so a trail and checkpoint file
+cut back together are caught too.
+
 There is no default key: it comes from an environment variable the user names, and only its
 key id (a hash of the key) is ever written.
 """
@@ -21,10 +29,21 @@ from typing import Any
 
 from qwed_guard.audit.record import SCHEMA, rfc3339
 
-__all__ = ["Key", "checkpoint_entry", "checkpoint_record", "key_from_env", "mac"]
+__all__ = [
+    "Key",
+    "checkpoint_entry",
+    "checkpoint_record",
+    "entry_mac",
+    "genesis_record",
+    "key_from_env",
+    "mac",
+    "record_sig",
+]
 
 _MAC_DOMAIN = b"qwed-guard.audit.checkpoint/1\n"
 _REDACT_DOMAIN = b"qwed-guard.audit.redact/1\n"
+_RECORD_DOMAIN = b"qwed-guard.audit.record/1\n"
+_ENTRY_DOMAIN = b"qwed-guard.audit.checkpoint-entry/2\n"
 
 
 class Key:
@@ -57,6 +76,18 @@ def mac(key: Key, seq: int, digest: str) -> str:
     return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
 
 
+def record_sig(key: Key, body: bytes) -> str:
+    """A record's `sig`: HMAC-SHA256 of its canonical body without `sig` and `hash` (which holds
+    its `seq` and `prev_hash`, so its place in the chain too)."""
+    return hmac.new(key.secret, _RECORD_DOMAIN + body, hashlib.sha256).hexdigest()
+
+
+def entry_mac(key: Key, seq: int, digest: str, prev: str) -> str:
+    """A checkpoint file entry's `mac`: signs the record at `seq` and the entry before it."""
+    message = _ENTRY_DOMAIN + f"{seq}\n{digest}\n{prev}".encode("ascii")
+    return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+
+
 def redact_mac(key: Key, text: str) -> str:
     """What `redact="hmac"` stores instead of `text`: equal inputs give equal outputs."""
     digest = hmac.new(key.secret, _REDACT_DOMAIN + text.encode("utf-8"), hashlib.sha256)
@@ -77,17 +108,68 @@ def checkpoint_record(key: Key, covers_seq: int, covers_hash: str, wall: float) 
     }
 
 
-def checkpoint_entry(key: Key, seq: int, digest: str, wall: float) -> dict[str, Any]:
-    """A checkpoint file entry: signs the record at `seq` (the in-trail checkpoint)."""
+def checkpoint_entry(
+    key: Key, seq: int, digest: str, wall: float, prev: str = ""
+) -> dict[str, Any]:
+    """A checkpoint file entry: signs the record at `seq` (the in-trail checkpoint) and chains
+    to the entry before it (`prev`, that entry's `mac`; empty for the first)."""
     return {
         "v": SCHEMA,
         "seq": seq,
         "hash": digest,
         "ts": rfc3339(wall),
         "key_id": key.id,
-        "mac": mac(key, seq, digest),
+        "prev": prev,
+        "mac": entry_mac(key, seq, digest, prev),
+    }
+
+
+def genesis_record(key: Key, wall: float) -> dict[str, Any]:
+    """The first record of a keyed trail (seq 1): without it a trail's head was cut."""
+    return {
+        "v": SCHEMA,
+        "id": "genesis",
+        "ts": rfc3339(wall),
+        "event": "genesis",
+        "key_id": key.id,
+    }
+
+
+def prune_record(
+    first_seq: int, first_prev_hash: str, files: list[str], wall: float
+) -> dict[str, Any]:
+    """Says retention removed the records before `first_seq` (whose `prev_hash` it names)."""
+    return {
+        "v": SCHEMA,
+        "id": f"prune/{first_seq}",
+        "ts": rfc3339(wall),
+        "event": "prune",
+        "first_seq": first_seq,
+        "first_prev_hash": first_prev_hash,
+        "files": files,
     }
 
 
 def mac_ok(key: Key, seq: int, digest: str, claimed: object) -> bool:
     return isinstance(claimed, str) and hmac.compare_digest(mac(key, seq, digest), claimed)
+
+
+def sig_ok(key: Key, record: dict[str, Any]) -> bool:
+    """True when a parsed record's `sig` is the key's signature of the rest of it."""
+    from qwed_guard.audit.record import canonical
+
+    claimed = record.get("sig")
+    if not isinstance(claimed, str):
+        return False
+    body = canonical({k: v for k, v in record.items() if k != "hash" and k != "sig"})
+    return hmac.compare_digest(record_sig(key, body), claimed)
+
+
+def entry_ok(key: Key, entry: dict[str, Any]) -> bool:
+    seq, digest, prev, claimed = (entry.get(k) for k in ("seq", "hash", "prev", "mac"))
+    if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(claimed, str):
+        return False
+    if entry.get("key_id") != key.id:
+        return False
+    expected = entry_mac(key, seq, digest, prev if isinstance(prev, str) else "")
+    return hmac.compare_digest(expected, claimed)

@@ -279,6 +279,7 @@ class AuditLayer(Layer):
         rotate_seconds: float | None = None,
         keep_files: int | None = None,
         keep_days: float | None = None,
+        anchor: str | None = None,
     ) -> None:
         if on_error not in ("raise", "log"):
             raise bad_parameter("on_error", f"must be 'raise' or 'log', got {on_error!r}")
@@ -327,6 +328,7 @@ class AuditLayer(Layer):
             rotate_seconds=rotate_seconds,
             keep_files=keep_files,
             keep_days=keep_days,
+            anchor=anchor,
         )
         self._function = "?"
         self._query = _QueryLocator(None, query_arg)
@@ -491,6 +493,7 @@ def audited(
     rotate_seconds: float | None = None,
     keep_files: int | None = None,
     keep_days: float | None = None,
+    anchor: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -500,9 +503,11 @@ def audited(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
     Put it outermost (`@audited` above `@fallback` above `@retry`). Records go to `sink`
     (`"jsonl:PATH"` by default `audit.jsonl`, `"sqlite:PATH"`, `"memory:"`, a Sink, or a list);
     `fsync` chooses when they reach the disk; `key_env` names the environment variable holding
-    the HMAC key for signed checkpoints; `redact="hmac"` (key in `redact_key_env`) stores the
-    query and context values as keyed hashes. If a record cannot be written the call raises
-    `AuditError` (`on_error="log"` logs and returns instead).
+    the HMAC key that signs every record and checkpoint; `anchor` names a file, kept where a
+    cut trail cannot reach it, that also receives every signed checkpoint; `redact="hmac"`
+    (key in `redact_key_env`) stores the query and context values as keyed hashes. If a
+    record cannot be written the call raises `AuditError` (`on_error="log"` logs and returns
+    instead).
     """
     layer = AuditLayer(**params)
     if fn is not None:

@@ -17,9 +17,13 @@ import enum
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qwed_guard import outcomes
+from qwed_guard.redact import may_hold_secret
+
+if TYPE_CHECKING:
+    from qwed_guard.audit.chain import Key
+from qwed_guard.redact import scrub as _scrub
 
 __all__ = [
     "FIELDS",
@@ -46,7 +50,7 @@ FIELDS: dict[str, str] = {
     "id": "record id: '<call_id>/a<n>' for attempts, '<call_id>/call' for calls",
     "ts": "UTC time the record was made, RFC 3339 with microseconds and 'Z'",
     "call_id": "the guarded call this record belongs to",
-    "event": "'attempt', 'call', 'checkpoint' or 'repair'",
+    "event": "'attempt', 'call', 'checkpoint', 'repair', 'genesis' or 'prune'",
     "attempt": "attempt number (attempt records) or number of attempts made (call records)",
     "function": "the guarded function's qualified name",
     "query": "the query argument (scrubbed; 'hmac-sha256:<key id>:<hex>' with redact='hmac')",
@@ -71,6 +75,7 @@ FIELDS: dict[str, str] = {
     "qwed_guard": "installed qwed_guard version",
     "prev_hash": "hash of the previous record ('0' * 64 for the first)",
     "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash')",
+    "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and 'sig'",
 }
 
 
@@ -208,16 +213,25 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def seal(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:
+def seal(
+    record: dict[str, Any], seq: int, prev_hash: str, key: Key | None = None
+) -> tuple[bytes, str]:
     """Give `record` its place in the chain; return its JSONL line and its hash.
 
-    Sets `seq`, `prev_hash` and `hash` on `record`. The line is the canonical body with `hash`
-    appended, so it is valid JSON; verifiers recompute the canonical form, not the line's bytes.
+    Sets `seq`, `prev_hash` and `hash` on `record` (and, with a key, `sig`, which the hash then
+    covers). The line is the canonical body with `hash` appended, so it is valid JSON;
+    verifiers recompute the canonical form, not the line's bytes.
     """
     record.pop("hash", None)
+    record.pop("sig", None)
     record["seq"] = seq
     record["prev_hash"] = prev_hash
     body = canonical(record)
+    if key is not None:
+        from qwed_guard.audit.chain import record_sig
+
+        record["sig"] = record_sig(key, body)
+        body = canonical(record)
     digest = chain_hash(prev_hash, body)
     record["hash"] = digest
     return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
@@ -254,19 +268,10 @@ def float_text(value: float) -> str:
 
 
 def scrub(text: str) -> str:
-    """`outcomes.scrub`, skipped for text that cannot hold any of the secrets it removes.
-
-    Every pattern of `outcomes.scrub` needs one of these substrings; checking them is about
-    twenty times cheaper than running the patterns, and most audited text has none.
+    """`redact.scrub`, skipped for text that cannot hold any of the secrets it removes
+    (checking is about twenty times cheaper than the patterns, and most audited text has none).
     """
-    if outcomes._registered_secrets:
-        return outcomes.scrub(text)
-    if "sk-" in text or "://" in text or "=" in text:
-        return outcomes.scrub(text)
-    lowered = text.lower()
-    if "bearer" in lowered or "routing_key" in lowered:
-        return outcomes.scrub(text)
-    return text
+    return _scrub(text) if may_hold_secret(text) else text
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:
