@@ -72,15 +72,22 @@ def register_url(url: str) -> None:
     if parts.password:
         register_secret(parts.password)
     path = parts.path.strip("/")
-    if len(path) >= _MIN_PATH_TOKEN:
+    tokens = [segment for segment in path.split("/") if _looks_like_token(segment)]
+    if tokens:
         register_secret(path)
-        for segment in path.split("/"):
-            if len(segment) >= _MIN_PATH_TOKEN:
-                register_secret(segment)
+        for token in tokens:
+            register_secret(token)
     for pair in parts.query.split("&"):
         _, _, value = pair.partition("=")
         if len(value) >= _MIN_SECRET:
             register_secret(value)
+
+
+def _looks_like_token(segment: str) -> bool:
+    """A path segment that may be a secret (`T0ABC123`, `a1b2c3d4...`), not a word (`hooks`)."""
+    if len(segment) < _MIN_PATH_TOKEN:
+        return False
+    return any(c.isdigit() for c in segment) or any(c.isupper() for c in segment)
 
 
 def scrub(text: str) -> str:

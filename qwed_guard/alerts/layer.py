@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, overload
@@ -183,21 +184,34 @@ def _message(
     return f"{key}: {what} ({last})"
 
 
-def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+MAX_SECONDS = 366 * 86400.0
+"""The longest wait any alerting option may name (a year): beyond it timers overflow."""
+MAX_DELIVERY_SECONDS = 3600.0
+"""The longest a channel timeout or a delivery retry delay may be."""
+MAX_COUNT = 10_000_000
+
+
+def _number(
+    name: str, value: Any, *, allow_none: bool = False, maximum: float = MAX_SECONDS
+) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise bad_parameter(name, f"must be >= 0, got {value}")
+    if value > maximum:
+        raise bad_parameter(name, f"must be at most {maximum:g} seconds, got {value:g}")
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
+def _integer(name: str, value: Any, minimum: int, maximum: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
     if value < minimum:
         raise bad_parameter(name, f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise bad_parameter(name, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -260,12 +274,16 @@ class AlertLayer(Layer):
                 name = "rate_window" if rate_window is not None else "min_calls"
                 raise bad_parameter(name, "needs rate_threshold (the failure share that alerts)")
             rate, window, least = None, DEFAULT_RATE_WINDOW, DEFAULT_RATE_WINDOW
-        channel_timeout = _number("timeout", timeout)
+        channel_timeout = _number("timeout", timeout, maximum=MAX_DELIVERY_SECONDS)
         if not channel_timeout:
             raise bad_parameter("timeout", "must be > 0")
         if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
             raise bad_parameter("retry_delays", "must be a list of seconds", wrong_type=True)
-        delays = tuple(_number("retry_delays", d) or 0.0 for d in retry_delays)
+        if len(retry_delays) > 20:
+            raise bad_parameter("retry_delays", f"at most 20 delays, got {len(retry_delays)}")
+        delays = tuple(
+            _number("retry_delays", d, maximum=MAX_DELIVERY_SECONDS) or 0.0 for d in retry_delays
+        )
         self.rules = Rules(
             threshold=threshold,
             repeat_interval=repeat,

@@ -46,7 +46,7 @@ import psycopg
 from qwed_guard import clock
 from qwed_guard.audit.chain import Key, checkpoint_entry, checkpoint_record, genesis_record
 from qwed_guard.audit.record import GENESIS, canonical, seal
-from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode
+from qwed_guard.audit.sinks.base import FLUSH_TIMEOUT, ChainedSink, FsyncMode
 from qwed_guard.audit.sinks.jsonl import append_entry, make_private_dirs, real_path
 from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.outcomes import register_secret, scrub
@@ -579,10 +579,10 @@ class PostgresSink(ChainedSink):
             self._recovered()
             return count
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Return once every record appended so far is stored, or durable in the spool; a
         waiting spool is replayed if PostgreSQL answers."""
-        super().flush()
+        super().flush(timeout)
         if self._spool_waiting() and clock.monotonic() >= self._down_until:
             with contextlib.suppress(AuditError):  # still down: the records stay spooled
                 self.replay_spool()
