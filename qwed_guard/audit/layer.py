@@ -51,6 +51,8 @@ Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
 _QUIET_EVENTS = frozenset({ATTEMPT_STARTED, RETRY_SCHEDULED})
 _MISSING: Any = object()
+_MIN_HIDDEN = 4
+"""Shorter queries are not searched for in other fields: they would match unrelated text."""
 _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
@@ -130,7 +132,7 @@ class _QueryLocator:
 class _Call:
     """One call's view of the trail: the listener that writes its records."""
 
-    __slots__ = ("call_id", "common", "ctx", "events", "failure", "last", "layer")
+    __slots__ = ("call_id", "common", "ctx", "events", "failure", "hidden", "last", "layer")
 
     def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
         self.layer = layer
@@ -140,12 +142,20 @@ class _Call:
         self.failure: BaseException | None = None
         self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
         qwed_version, guard_version = _record._versions or versions()
+        query = layer._query_value(ctx)
+        # With redact="hmac", the raw query wherever an error, reason or event repeats it.
+        self.hidden: tuple[str, str] | None = None
+        if layer.redact_key is not None and query is not None:
+            raw = layer._query.find(ctx.args, ctx.kwargs)
+            text = raw if isinstance(raw, str) else repr(raw)
+            if len(text) >= _MIN_HIDDEN:
+                self.hidden = (text, query)
         # The fields every record of this call shares.
         self.common: dict[str, Any] = {
             "v": SCHEMA,
             "call_id": self.call_id,
             "function": layer._function,
-            "query": layer._query_value(ctx),
+            "query": query,
             "context": layer._context_value(ctx) if ctx.fields or layer.context else {},
             "policy": ctx.policy_hash,
             "qwed": qwed_version,
@@ -180,7 +190,7 @@ class _Call:
                 "verified": verified,
                 "value": value,
                 "confidence": confidence,
-                "error": scrub(error) if error else None,
+                "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
                 "wait_us": round(attempt.wait_before * 1_000_000),
@@ -189,6 +199,23 @@ class _Call:
         if attempt.reused:  # only on attempts that took replies from an earlier one
             record["reused"] = attempt.reused
         self.layer._write(self, record)
+
+    def text(self, text: str) -> str:
+        """`text` scrubbed, and with redact="hmac" the raw query in it replaced by its HMAC."""
+        hidden = self.hidden
+        if hidden is not None and hidden[0] in text:
+            text = text.replace(hidden[0], hidden[1])
+        return scrub(text)
+
+    def hide(self, value: Any) -> Any:
+        """`value` (record data) with the raw query replaced in every string it holds."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.hide(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.hide(v) for v in value]
+        return value
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
         ctx = self.ctx
@@ -232,7 +259,7 @@ class _Call:
                 if event.kind == FALLBACK_USED and name == "reason":
                     continue  # the call's own `reason`
                 item[scrub(str(name))] = jsonable(datum)
-            events.append(item)
+            events.append(self.hide(item) if self.hidden else item)
         record = Record(self.common)
         record.update(
             {
@@ -244,10 +271,10 @@ class _Call:
                 "verified": verified,
                 "value": value,
                 "confidence": confidence,
-                "error": scrub(error) if error else None,
+                "error": self.text(error) if error else None,
                 "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
                 "source": source,
-                "reason": scrub(reason) if reason else None,
+                "reason": self.text(reason) if reason else None,
                 "exception": exception,
                 "events": events,
             }
