@@ -30,6 +30,7 @@ from qwed_guard.audit.record import (
     versions,
 )
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
+from qwed_guard.audit.sinks.base import check_options
 from qwed_guard.context import (
     ATTEMPT_ENDED,
     ATTEMPT_STARTED,
@@ -337,6 +338,16 @@ class AuditLayer(Layer):
             isinstance(redact_context, str) or not isinstance(redact_context, Collection)
         ):
             raise bad_parameter("redact_context", "must be a list of context keys")
+        # Checked here too: a memory: or custom sink would not check them itself.
+        check_options(
+            batch_size=batch_size,
+            batch_ms=batch_ms,
+            checkpoint_every=checkpoint_every,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            keep_files=keep_files,
+            keep_days=keep_days,
+        )
         self.checkpoint_key = _key(key_env, "key_env") if key_env else None
         self.redact = redact
         self.redact_context = frozenset(redact_context) if redact_context is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from qwed_guard.audit.chain import Key
 from qwed_guard.errors import AuditError, bad_parameter
 
-__all__ = ["FLUSH_TIMEOUT", "FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink"]
+__all__ = ["FLUSH_TIMEOUT", "FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink", "check_options"]
 
 FsyncMode = Literal["always", "batch", "none"]
 MAX_BATCH_SIZE = 1_000_000
@@ -39,6 +40,34 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+_LIMITS: dict[str, tuple[type, float, float, bool]] = {
+    # name: (type, least, most, whether the least itself is allowed)
+    "batch_size": (int, 1, MAX_BATCH_SIZE, True),
+    "batch_ms": (float, 0, MAX_BATCH_MS, False),
+    "checkpoint_every": (int, 1, MAX_CHECKPOINT_EVERY, True),
+    "rotate_bytes": (int, 1, 2**50, True),
+    "rotate_seconds": (float, 0, 10 * 366 * 86400.0, False),
+    "keep_files": (int, 1, 1_000_000, True),
+    "keep_days": (float, 0, 100 * 366.0, False),
+}
+
+
+def check_options(**options: Any) -> None:
+    """Refuse a numeric audit option outside its bounds, naming it (None means unset)."""
+    for name, value in options.items():
+        if value is None and name.startswith(("rotate", "keep")):
+            continue
+        kind, least, most, inclusive = _LIMITS[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            wanted = "an int" if kind is int else "a number"
+            raise bad_parameter(name, f"must be {wanted}, got {value!r}", wrong_type=True)
+        low_ok = value >= least if inclusive else value > least
+        if not math.isfinite(value) or not low_ok or value > most:
+            low = f">= {least:g}" if inclusive else f"> {least:g}"
+            raise bad_parameter(name, f"must be {low} and <= {most:g}, got {value!r}")
 
 
 _live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
@@ -80,31 +109,7 @@ class ChainedSink:
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or not 1 <= batch_size <= MAX_BATCH_SIZE
-        ):
-            raise bad_parameter(
-                "batch_size", f"must be an int from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}"
-            )
-        if (
-            isinstance(batch_ms, bool)
-            or not isinstance(batch_ms, (int, float))
-            or not 0 < batch_ms <= MAX_BATCH_MS
-        ):
-            raise bad_parameter(
-                "batch_ms", f"must be a number > 0 and <= {MAX_BATCH_MS:g}, got {batch_ms!r}"
-            )
-        if (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or not 1 <= checkpoint_every <= MAX_CHECKPOINT_EVERY
-        ):
-            raise bad_parameter(
-                "checkpoint_every",
-                f"must be an int from 1 to {MAX_CHECKPOINT_EVERY}, got {checkpoint_every!r}",
-            )
+        check_options(batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every)
         self.fsync: FsyncMode = fsync
         self.batch_size = batch_size
         self.batch_ms = float(batch_ms)

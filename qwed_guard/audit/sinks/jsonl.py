@@ -20,7 +20,6 @@ import datetime
 import errno
 import fcntl
 import hashlib
-import math
 import os
 import re
 import stat
@@ -36,7 +35,7 @@ from qwed_guard.audit.chain import (
     sig_ok,
 )
 from qwed_guard.audit.record import GENESIS, SCHEMA, rfc3339, seal, versions
-from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode
+from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode, check_options
 from qwed_guard.errors import AuditError, bad_parameter
 
 __all__ = [
@@ -281,20 +280,12 @@ class JsonlSink(ChainedSink):
             key=key,
             checkpoint_every=checkpoint_every,
         )
-        for name, value, minimum, maximum in (
-            ("rotate_bytes", rotate_bytes, 1, 2**50),
-            ("rotate_seconds", rotate_seconds, 0, 10 * 366 * 86400.0),
-            ("keep_files", keep_files, 1, 1_000_000),
-            ("keep_days", keep_days, 0, 100 * 366.0),
-        ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad_parameter(name, f"must be a number, got {value!r}", wrong_type=True)
-            if not math.isfinite(value) or value < minimum or (minimum == 0 and value == 0):
-                raise bad_parameter(name, f"must be > {max(minimum - 1, 0)}, got {value}")
-            if value > maximum:
-                raise bad_parameter(name, f"must be at most {maximum:g}, got {value:g}")
+        check_options(
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            keep_files=keep_files,
+            keep_days=keep_days,
+        )
         if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
             raise bad_parameter("anchor", "must be a file path", wrong_type=True)
         self.path = real_path(path)
