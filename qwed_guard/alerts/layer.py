@@ -65,17 +65,30 @@ class Decision(TypedDict):
 
 
 def decide(
-    state: State | None, *, failed: bool, permanent: bool, now: float, rules: Rules
+    state: State | None,
+    *,
+    failed: bool,
+    permanent: bool,
+    now: float,
+    rules: Rules,
+    short_circuited: bool = False,
 ) -> tuple[State | None, Decision | None]:
     """The next state and the alert to send (if any) after one call. Pure: it may run twice.
 
     State (JSON-able): `failures` in a row, `since` (first failure of the streak), `open` (an
-    alert was sent and not resolved), `reason` and `last_sent` of the open alert, and `window`
-    (recent calls, 1 = failed) when the rate window is on. No state at all means healthy.
+    alert was sent and not resolved), `reason` and `last_sent` of the open alert, `window`
+    (recent calls, 1 = failed) when the rate window is on, and `settling` right after a
+    resolve. No state at all means healthy.
+
+    One page per outage: calls a circuit breaker refused (`short_circuited`) after the outage
+    was resolved were refused while its probe was still in flight; they start no new streak
+    until a call really ran again.
     """
     if state is None and not failed and rules.rate_threshold is None:
         return None, None  # the hot path: healthy and staying healthy
     s: State = state or {}
+    if s.get("settling") and short_circuited and not s.get("open"):
+        return state, None
     failures = int(s.get("failures", 0))
     since: float | None = s.get("since")
     is_open = bool(s.get("open", False))
@@ -142,9 +155,12 @@ def decide(
             is_open, reason, last_sent = False, None, None
         failures, since = 0, None
 
-    if not is_open and failures == 0 and rules.rate_threshold is None:
+    settling = decision is not None and decision["kind"] == "resolved"
+    if not is_open and failures == 0 and rules.rate_threshold is None and not settling:
         return None, decision  # healthy: nothing to keep (the rate window keeps its successes)
     new: State = {"failures": failures, "since": since, "open": is_open}
+    if settling:
+        new["settling"] = True
     if is_open:
         new["reason"], new["last_sent"] = reason, last_sent
     if rules.rate_threshold is not None:
@@ -393,6 +409,7 @@ class AlertLayer(Layer):
                 decide,
                 failed=failed,
                 permanent=diagnosis.outcome is Outcome.PERMANENT,
+                short_circuited=diagnosis.outcome is Outcome.SHORT_CIRCUITED,
                 now=now,
                 rules=self.rules,
             )
