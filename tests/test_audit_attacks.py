@@ -237,6 +237,10 @@ def empty_the_trail(t: Trail) -> None:
     t.path.write_bytes(b"")
 
 
+def delete_the_trail(t: Trail) -> None:
+    t.path.unlink()
+
+
 def torn_final_line(t: Trail) -> None:
     # What a crash mid-write leaves: not an attack, the control case.
     with t.path.open("ab") as handle:
@@ -335,6 +339,10 @@ def rotated_delete_middle_file(t: Trail) -> None:
 def rotated_delete_oldest_file(t: Trail) -> None:
     rotated = sorted(t.path.parent.glob("audit.0*.jsonl"))
     rotated[0].unlink()
+
+
+def rotated_remove_active_file(t: Trail) -> None:
+    t.path.unlink()
 
 
 def rotated_delete_active_file(t: Trail) -> None:
@@ -447,6 +455,7 @@ ATTACKS = [
     ),
     Attack("strip one record's sig", "jsonl", strip_a_signature, (1, "edited"), (1, "edited")),
     Attack("empty the trail file", "jsonl", empty_the_trail, (1, "truncated"), (1, "truncated")),
+    Attack("delete the trail file", "jsonl", delete_the_trail, (1, "truncated"), (1, "truncated")),
     Attack("torn final line (a crash, control)", "jsonl", torn_final_line, (0, OK), (0, OK)),
     Attack("append a line that is not JSON", "jsonl", garbage_line, (1, "edited"), (1, "edited")),
     Attack("insert an integer past 2**53", "jsonl", huge_integer, (1, "edited"), (1, "edited")),
@@ -514,6 +523,13 @@ ATTACKS = [
         rotated_delete_oldest_file,
         (1, "missing"),
         (1, "missing"),
+    ),
+    Attack(
+        "rotated: delete the active file",
+        "rotated",
+        rotated_remove_active_file,
+        (1, "truncated"),
+        (1, "truncated"),
     ),
     Attack(
         "rotated: empty the active file",

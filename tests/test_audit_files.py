@@ -183,3 +183,28 @@ def test_retention_writes_its_prune_record_before_removing_files(
     assert "removed by retention" in report.summary()
     prunes = [r for r in read_records(str(path)) if r["event"] == "prune"]
     assert prunes and prunes[-1]["first_seq"] == report.first_seq
+
+
+def test_a_keyed_writer_killed_before_its_first_checkpoint_leaves_a_trail_that_verifies(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from qwed_guard.audit import JsonlSink
+        from qwed_guard.audit.chain import Key
+
+        sink = JsonlSink(sys.argv[1], key=Key(sys.argv[2].encode()), checkpoint_every=1000)
+        for n in range(3):
+            sink.append([{"v": 1, "event": "attempt", "id": str(n)}])
+        os._exit(9)  # killed: no closing checkpoint, no cleanup
+        """
+    )
+    secret = KEY.secret.decode()
+    done = subprocess.run([sys.executable, "-c", script, str(path), secret], timeout=60)
+    assert done.returncode == 9
+    report = verify_trail(str(path), key=KEY)
+    assert report.ok and report.checkpoints == 0, report.summary()
+    assert report.records == 4  # the genesis and three signed records
+    assert "4 signed record(s) (no checkpoint yet) are not yet covered" in report.summary()

@@ -117,7 +117,10 @@ def _verify(args: argparse.Namespace) -> int:
     from qwed_guard.audit.chain import key_from_env
     from qwed_guard.audit.verify import verify_trail
 
-    problem = _unreadable(args.path)
+    # A deleted trail whose checkpoints survive is a verdict (truncated), not a usage error.
+    side = args.checkpoints or f"{args.path}.checkpoints"
+    gone = not _is_url(args.path) and not os.path.lexists(args.path)
+    problem = None if gone and os.path.exists(side) else _unreadable(args.path)
     if problem:
         return _error(problem)
     for extra in (args.checkpoints, args.anchor):

@@ -352,6 +352,7 @@ class AuditLayer(Layer):
         self.redact = redact
         self.redact_context = frozenset(redact_context) if redact_context is not None else None
         self.fsync = fsync
+        self.anchor = anchor
         self.on_error = on_error
         self.query_arg = query_arg
         self.context: dict[str, Any] = jsonable(dict(context)) if context else {}
@@ -384,7 +385,9 @@ class AuditLayer(Layer):
         redact = self.redact if isinstance(self.redact, str) else "custom"
         parts.append(f"redact={redact}")
         if self.checkpoint_key is not None:
-            parts.append(f"checkpoints signed with ${self.checkpoint_key.env}")
+            parts.append(f"records and checkpoints signed with ${self.checkpoint_key.env}")
+        if self.anchor is not None:
+            parts.append(f"anchor={self.anchor}")
         parts.append(f"on_error={self.on_error}")
         return "audited(" + "; ".join(parts) + ")"
 
