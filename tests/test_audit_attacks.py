@@ -109,8 +109,13 @@ def append_forged(trail: Trail, *, fake_sig: bool) -> None:
     if not fake_sig:
         line, _ = seal(forged, last["seq"] + 1, last["hash"])
     else:  # a well-formed record whose sig the forger made up (the hash covers it)
-        forged.update(seq=last["seq"] + 1, prev_hash=last["hash"], sig="5" * 64)
-        forged["hash"] = chain_hash(last["hash"], canonical(forged))
+        forged.update(seq=last["seq"] + 1, prev_hash=last["hash"])
+        forged["sig"] = "5" * 64
+        forged["hash"] = chain_hash(
+            last["hash"],
+            canonical(record(99) | {"seq": forged["seq"], "prev_hash": forged["prev_hash"]}),
+            forged["sig"],
+        )
         line = orjson.dumps(forged) + b"\n"
     with trail.path.open("ab") as handle:
         handle.write(line)

@@ -74,8 +74,9 @@ FIELDS: dict[str, str] = {
     "qwed": "installed qwed version",
     "qwed_guard": "installed qwed_guard version",
     "prev_hash": "hash of the previous record ('0' * 64 for the first)",
-    "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash')",
-    "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and 'sig'",
+    "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash' and 'sig' + sig)",
+    "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and "
+    "'sig' (the hash covers it)",
 }
 
 
@@ -207,9 +208,11 @@ def _without_surrogates(obj: Any) -> Any:
     return obj
 
 
-def chain_hash(prev_hash: str, body: bytes) -> str:
+def chain_hash(prev_hash: str, body: bytes, sig: str | None = None) -> str:
     digest = hashlib.sha256(prev_hash.encode("ascii"))
     digest.update(body)  # not `prev + body`: no copy of the record's bytes
+    if sig is not None:
+        digest.update(sig.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
@@ -218,30 +221,37 @@ def seal(
 ) -> tuple[bytes, str]:
     """Give `record` its place in the chain; return its JSONL line and its hash.
 
-    Sets `seq`, `prev_hash` and `hash` on `record` (and, with a key, `sig`, which the hash then
-    covers). The line is the canonical body with `hash` appended, so it is valid JSON;
-    verifiers recompute the canonical form, not the line's bytes.
+    Sets `seq`, `prev_hash` and `hash` on `record` (and, with a key, `sig`: the HMAC of the
+    canonical body, which the hash then covers). The line is the canonical body with `hash`
+    (and `sig`) appended, so it is valid JSON; verifiers recompute the canonical form, not the
+    line's bytes.
     """
     record.pop("hash", None)
     record.pop("sig", None)
     record["seq"] = seq
     record["prev_hash"] = prev_hash
     body = canonical(record)
-    if key is not None:
-        from qwed_guard.audit.chain import record_sig
+    if key is None:
+        digest = chain_hash(prev_hash, body)
+        record["hash"] = digest
+        return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+    from qwed_guard.audit.chain import record_sig
 
-        record["sig"] = record_sig(key, body)
-        body = canonical(record)
-    digest = chain_hash(prev_hash, body)
-    record["hash"] = digest
-    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+    sig = record_sig(key, body)
+    digest = chain_hash(prev_hash, body, sig)
+    record["sig"], record["hash"] = sig, digest
+    tail = b',"hash":"' + digest.encode("ascii") + b'","sig":"' + sig.encode("ascii") + b'"}\n'
+    return body[:-1] + tail, digest
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
-    """Recompute a parsed record's hash from its content and its `prev_hash`."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    """Recompute a parsed record's hash from its content, its `prev_hash` and its `sig`."""
+    body = {k: v for k, v in record.items() if k != "hash" and k != "sig"}
     prev = body.get("prev_hash")
-    return chain_hash(prev if isinstance(prev, str) else "", canonical(body))
+    sig = record.get("sig")
+    if sig is not None and not isinstance(sig, str):
+        sig = repr(sig)  # not what a writer writes: it cannot match
+    return chain_hash(prev if isinstance(prev, str) else "", canonical(body), sig)
 
 
 _second_box: list[tuple[int, str]] = [(-1, "")]
