@@ -194,3 +194,17 @@ def test_no_canary_reaches_any_output(
     assert '{"routing_key":"***"' in outputs["logs"]
     for where, text in outputs.items():
         assert_clean(where, text)
+
+
+def test_a_lost_record_is_logged_without_its_secret(logs: list[str], tmp_path: Path) -> None:
+    def redactor(record: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError(f"vault at https://vault:{URL_PASSWORD}@vault.internal refused")
+
+    @audited(sink=f"jsonl:{tmp_path / 'a.jsonl'}", redact=redactor, on_error="log")
+    def ask(query: str) -> int:
+        return 1
+
+    assert ask("q") == 1
+    text = "\n".join(logs)
+    assert "was lost" in text and "vault.internal" in text
+    assert_clean("logs", text)

@@ -442,7 +442,9 @@ class AuditLayer(Layer):
         if self.on_error == "log":
             from loguru import logger
 
-            logger.error("qwed_guard audit: a record of call {} was lost: {}", call.call_id, exc)
+            logger.error(
+                "qwed_guard audit: a record of call {} was lost: {}", call.call_id, scrub(str(exc))
+            )
         elif call.failure is None:
             call.failure = exc
 

@@ -65,7 +65,11 @@ def close_all() -> None:
         except Exception as exc:  # at exit there is no caller left to fail closed to
             from loguru import logger
 
-            logger.error("qwed_guard audit: closing {} failed: {}", sink.describe(), exc)
+            from qwed_guard.redact import scrub
+
+            logger.error(
+                "qwed_guard audit: closing {} failed: {}", sink.describe(), scrub(str(exc))
+            )
 
 
 atexit.register(close_all)
