@@ -176,3 +176,18 @@ def test_a_delivery_timeout_bounds_the_whole_delivery(drip: str) -> None:
     assert time.monotonic() - started < 1.0  # the server would take 4 s
     assert caught.value.retryable
     channel.close()
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("circuit_breaker", "recovery_timeout", 1e308),
+        ("circuit_breaker", "recovery_timeout", float("nan")),
+        ("circuit_breaker", "failure_threshold", 10**15),
+        ("attempt_timeout", "seconds", 1e308),
+        ("attempt_timeout", "seconds", float("nan")),
+    ],
+)
+def test_breaker_and_timeout_numbers_are_bounded(section: str, name: str, value: Any) -> None:
+    with pytest.raises(PolicyError, match=rf"{section}\.{name}: must be"):
+        Policy.from_dict({section: {name: value}})
