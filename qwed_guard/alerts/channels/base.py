@@ -162,6 +162,7 @@ class HttpChannel(Channel):
         timer = threading.Timer(self.timeout, cut_off)
         timer.daemon = True
         timer.start()
+        cut = False
         try:
             with client.stream("POST", self.url, json=payload, headers=headers) as response:
                 status = response.status_code
@@ -170,6 +171,7 @@ class HttpChannel(Channel):
                     if len(body) < 1024:
                         body += chunk
                     if expired.is_set():
+                        cut = True
                         break
         except (httpx.TransportError, httpx.StreamError, RuntimeError) as exc:
             if expired.is_set():
@@ -185,7 +187,8 @@ class HttpChannel(Channel):
         finally:
             timer.cancel()
         if expired.is_set():
-            self._client = None
+            self._client = None  # closed by the timer (maybe just after the reply was whole)
+        if cut:
             raise DeliveryError(
                 f"timed out: the delivery took longer than {self.timeout:g} s", retryable=True
             )
