@@ -485,17 +485,23 @@ def expected_alerts(
     The rules, as the README states them: the `threshold`-th failed call in a row triggers (a
     permanent failure at once); while still failing, a reminder at most every
     `repeat_interval` seconds; the first verified call after an alert resolves it. A call
-    failed when its outcome is anything but verified.
+    failed when its outcome is anything but verified. One page per outage: calls the breaker
+    refused (`short_circuited`) right after a resolve are not counted until a call ran again.
     """
     alerts: list[tuple[str, str, int]] = []
     streak = 0
     alerting = False
+    settling = False
     last_sent = 0.0
     for call_id, outcome, now in calls:
+        if outcome == "short_circuited" and settling:
+            continue
+        settling = False
         if outcome == "verified":
             if alerting:
                 alerts.append((call_id, "resolved", streak))
                 alerting = False
+                settling = True
             streak = 0
             continue
         streak += 1
