@@ -51,7 +51,7 @@ from qwed_guard.alerts import Alert
 from qwed_guard.context import audit_context, current
 from qwed_guard.demo import percentile
 from qwed_guard.fallback import GuardedResult
-from qwed_guard.policy import Policy
+from qwed_guard.policy import Policy, allow_callables
 from qwed_guard.state import Change, MemoryStore, State
 
 __all__ = [
@@ -123,6 +123,7 @@ def chaos_policy(
     """The production preset with the scaled timings, its trail at `trail`, alerts to `deliver`.
 
     The preset already has the circuit breaker (innermost, inside retry)."""
+    allow_callables("benchmarks")  # the policy names this module's `deliver` channel
     return Policy.preset(
         "production",
         fallback_value=FALLBACK_VALUE,
@@ -484,17 +485,23 @@ def expected_alerts(
     The rules, as the README states them: the `threshold`-th failed call in a row triggers (a
     permanent failure at once); while still failing, a reminder at most every
     `repeat_interval` seconds; the first verified call after an alert resolves it. A call
-    failed when its outcome is anything but verified.
+    failed when its outcome is anything but verified. One page per outage: calls the breaker
+    refused (`short_circuited`) right after a resolve are not counted until a call ran again.
     """
     alerts: list[tuple[str, str, int]] = []
     streak = 0
     alerting = False
+    settling = False
     last_sent = 0.0
     for call_id, outcome, now in calls:
+        if outcome == "short_circuited" and settling:
+            continue
+        settling = False
         if outcome == "verified":
             if alerting:
                 alerts.append((call_id, "resolved", streak))
                 alerting = False
+                settling = True
             streak = 0
             continue
         streak += 1

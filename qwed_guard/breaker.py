@@ -508,6 +508,13 @@ def _count(name: str, value: Any, *, optional: bool = False) -> None:
         raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
     if value < 1:
         raise bad_parameter(name, f"must be >= 1, got {value}")
+    if value > _MAX_COUNT:
+        raise bad_parameter(name, f"must be at most {_MAX_COUNT}, got {value}")
+
+
+_MAX_COUNT = 10_000_000
+_MAX_RECOVERY = 366 * 86400.0
+"""A breaker stays open a year at most: longer waits overflow the timers that use them."""
 
 
 def _parse_failure_on(failure_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
@@ -585,6 +592,11 @@ class CircuitBreakerLayer(Layer):
             )
         if recovery_timeout < 0:
             raise bad_parameter("recovery_timeout", f"must be >= 0, got {recovery_timeout}")
+        if not recovery_timeout <= _MAX_RECOVERY:  # NaN too
+            raise bad_parameter(
+                "recovery_timeout",
+                f"must be at most {_MAX_RECOVERY:g} seconds, got {recovery_timeout}",
+            )
         if key is not None and (not isinstance(key, str) or not key):
             raise bad_parameter("key", f"must be a non-empty string, got {key!r}", wrong_type=True)
         try:

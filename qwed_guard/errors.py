@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwed_guard.outcomes import Outcome
+from qwed_guard.redact import scrub
 
 if TYPE_CHECKING:
     from qwed_guard.context import Attempt
@@ -22,7 +23,11 @@ __all__ = [
 
 
 class QwedGuardError(Exception):
-    """Base class of every error qwed_guard raises."""
+    """Base class of every error qwed_guard raises. Its message is scrubbed of secrets: it
+    may quote a provider's error, a handler's exception or a URL someone configured."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class VerificationFailed(QwedGuardError):
@@ -69,8 +74,8 @@ class PolicyError(QwedGuardError, ValueError):
     """
 
     def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
-        self.errors: tuple[str, ...] = tuple(errors) or (message,)
         super().__init__(message)
+        self.errors: tuple[str, ...] = tuple(scrub(e) for e in errors) or (str(self),)
 
 
 class AuditError(QwedGuardError):
@@ -82,7 +87,7 @@ class ParameterError(QwedGuardError, ValueError):
 
     def __init__(self, param: str, problem: str) -> None:
         self.param = param
-        self.problem = problem
+        self.problem = scrub(problem)
         super().__init__(f"{param}: {problem}")
 
 

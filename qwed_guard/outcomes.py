@@ -266,36 +266,9 @@ def parse_retry_after(
     return max(when.timestamp() - reference, 0.0)
 
 
-# Secrets that must never reach a log line, an alert or an audit record.
-_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"), "sk-***"),
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer ***"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@]*:[^/\s@]+@"), r"\1***@"),
-    (re.compile(r"(https://hooks\.slack\.com/services/)[^\s\"'<>]+"), r"\1***"),
-    (re.compile(r"(https://[^\s\"'<>]*/(?:webhooks?|hooks)/)[^\s\"'<>]+"), r"\1***"),
-    (
-        re.compile(
-            r"(?i)([?&](?:token|key|api_key|apikey|sig|signature|access_token|secret)=)"
-            r"[^&\s\"'<>]+"
-        ),
-        r"\1***",
-    ),
-    (re.compile(r"(?i)(routing_key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9]+"), r"\1***"),
+# The scrubber lives in `qwed_guard.redact`; these names stay importable from here.
+from qwed_guard.redact import (  # noqa: E402
+    _registered_secrets as _registered_secrets,
 )
-_registered_secrets: set[str] = set()
-
-
-def register_secret(value: str) -> None:
-    """Scrub this exact value (a routing key, a password) wherever it appears from now on."""
-    if len(value) >= 4:
-        _registered_secrets.add(value)
-
-
-def scrub(text: str) -> str:
-    """Remove API keys, bearer tokens, credentials in URLs, webhook URLs and routing keys."""
-    for secret in _registered_secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+from qwed_guard.redact import register_secret as register_secret  # noqa: E402
+from qwed_guard.redact import scrub as scrub  # noqa: E402

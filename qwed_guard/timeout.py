@@ -56,6 +56,8 @@ class AttemptTimeoutLayer(Layer):
             )
         if not seconds > 0:
             raise bad_parameter("seconds", f"must be > 0, got {seconds}")
+        if not seconds <= 86400:  # NaN too; longer waits overflow asyncio's timers
+            raise bad_parameter("seconds", f"must be at most 86400, got {seconds}")
         self.seconds = float(seconds)
 
     def describe(self) -> str:

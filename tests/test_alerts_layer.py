@@ -439,7 +439,34 @@ def test_decide_is_pure_and_deletes_healthy_state() -> None:
     state, decision = again
     assert decision is not None and decision["kind"] == "triggered" and decision["since"] == 10.0
     state, decision = decide(state, failed=False, permanent=False, now=12.0, rules=rules)
-    assert state is None and decision is not None and decision["kind"] == "resolved"
+    assert state == {"failures": 0, "since": None, "open": False, "settling": True}
+    assert decision is not None and decision["kind"] == "resolved"
+    state, decision = decide(state, failed=False, permanent=False, now=13.0, rules=rules)
+    assert state is None and decision is None  # a call that ran: healthy, nothing kept
+
+
+def test_calls_refused_during_the_recovery_probe_page_no_second_time() -> None:
+    """Under threads, calls the breaker refused while its half-open probe was in flight end
+    after the probe resolved the outage: they must not open a new one."""
+    rules = Rules(threshold=2)
+    refused = {"failed": True, "permanent": False, "short_circuited": True, "rules": rules}
+    state, pages = None, []
+    for now in (1.0, 2.0):
+        state, decision = decide(state, failed=True, permanent=False, now=now, rules=rules)
+        pages.append(decision and decision["kind"])
+    for now in (3.0, 4.0):  # the breaker is open: refused calls keep the outage open
+        state, decision = decide(state, now=now, **refused)
+        pages.append(decision and decision["kind"])
+    state, decision = decide(state, failed=False, permanent=False, now=5.0, rules=rules)
+    pages.append(decision and decision["kind"])  # the probe succeeded
+    for now in (5.1, 5.2, 5.3):  # refused while the probe was in flight, observed after it
+        state, decision = decide(state, now=now, **refused)
+        pages.append(decision and decision["kind"])
+    assert pages == [None, "triggered", None, None, "resolved", None, None, None]
+    for now in (6.0, 7.0):  # a new outage, seen by calls that really ran, pages again
+        state, decision = decide(state, failed=True, permanent=False, now=now, rules=rules)
+        pages.append(decision and decision["kind"])
+    assert pages[-2:] == [None, "triggered"]
 
 
 # ---------------------------------------------------------------- the canonical stack

@@ -241,10 +241,15 @@ def test_rotation_carries_the_chain_and_retention_spares_the_active_file(
     rotated = sorted(p.name for p in tmp_path.glob("audit.*.jsonl"))
     assert len(rotated) == 2 and path.exists()
     report = verify_trail(str(path))
-    assert report.ok and report.last_seq == 60, report.summary()
-    assert "trail begins at seq" in report.summary()  # older files removed by retention
-    first = next(read_records(str(path)))
-    assert first["seq"] > 1
+    records = list(read_records(str(path)))
+    prunes = [r for r in records if r["event"] == "prune"]
+    # Each removal is announced by a prune record written before the files go.
+    assert prunes and all(r["files"] for r in prunes)
+    assert report.ok and report.last_seq == records[-1]["seq"], report.summary()
+    attempts = [r for r in records if r["event"] == "attempt"]
+    assert attempts[-1]["id"] == "59" and len(attempts) < 60  # the newest kept, the oldest gone
+    assert "removed by retention (prune record at seq" in report.summary()
+    assert records[0]["seq"] > 1
 
     timed = tmp_path / "timed.jsonl"
     sink = JsonlSink(timed, fsync="none", rotate_seconds=3600)

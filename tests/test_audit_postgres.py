@@ -189,7 +189,8 @@ def test_signed_checkpoints_and_tampering_are_checked(
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the owner, on purpose
         conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER append_only")
         conn.execute(
-            f"UPDATE {table} SET record = replace(record::text, '\"r3\"', '\"rX\"')::json "
+            # seq 1 is the signed genesis: r2 is at seq 4.
+            f"UPDATE {table} SET record = replace(record::text, '\"r2\"', '\"rX\"')::json "
             "WHERE seq = 4"
         )
     assert audit_cli(["audit", "verify", url]) == 1
@@ -319,3 +320,32 @@ def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
     assert others == [f"other/{n}" for n in range(300)]
     report = verify_trail(url)
     assert report.ok and report.records == 900, report.summary()
+
+
+def test_every_postgres_column_is_checked_and_a_cut_head_is_caught(
+    postgres_url: str,
+    table: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AUDIT_KEY", "k" * 32)
+    url = with_options(postgres_url, table=table, spool=str(tmp_path / "spool.jsonl"))
+    anchor = tmp_path / "anchor"
+    sink = PostgresSink(url, key=Key(b"k" * 32, "AUDIT_KEY"), checkpoint_every=5, anchor=anchor)
+    for n in range(8):
+        sink.append([{"v": 1, "event": "call", "id": f"r{n}", "outcome": "transient"}])
+    sink.close()
+    verify = ["audit", "verify", url, "--key-env", "AUDIT_KEY", "--anchor", str(anchor)]
+    assert audit_cli(verify) == 0, capsys.readouterr().out
+    assert "anchor agrees" in capsys.readouterr().out
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the owner, on purpose
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER append_only")
+        conn.execute(f"UPDATE {table} SET outcome = 'verified' WHERE seq = 3")
+    assert audit_cli(verify) == 1
+    assert "seq 3 edited" in (out := capsys.readouterr().out) and "outcome column" in out
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"UPDATE {table} SET outcome = 'transient' WHERE seq = 3")
+        conn.execute(f"DELETE FROM {table} WHERE seq <= 2")
+    assert audit_cli(verify) == 1
+    assert "seq 1 missing" in capsys.readouterr().out

@@ -19,7 +19,8 @@ from qwed_guard.audit.record import GENESIS, jsonable, record_hash, rfc3339
 from qwed_guard.audit.record import scrub as fast_scrub
 from qwed_guard.context import current
 from qwed_guard.errors import ParameterError
-from qwed_guard.outcomes import _SECRET_PATTERNS, register_secret, scrub
+from qwed_guard.outcomes import register_secret, scrub
+from qwed_guard.redact import _HEADER_WORDS, _SECRET_PATTERNS
 
 
 @dataclass
@@ -300,9 +301,9 @@ def test_callable_redaction_and_secrets_scrubbed_everywhere() -> None:
 
 
 def test_fast_scrub_prefilter_covers_every_scrub_pattern() -> None:
-    # record.scrub skips outcomes.scrub for text that cannot match; each pattern must need
+    # record.scrub skips redact.scrub for text that cannot match; each pattern must need
     # one of the substrings the prefilter looks for, or a secret could slip through.
-    triggers = ("sk-", "://", "=", "bearer", "routing_key")
+    triggers = ("sk-", "://", "=", *_HEADER_WORDS)
     for pattern, _ in _SECRET_PATTERNS:
         source = pattern.pattern.lower().replace("\\", "")
         assert any(t in source for t in triggers), pattern.pattern
@@ -314,6 +315,8 @@ def test_fast_scrub_prefilter_covers_every_scrub_pattern() -> None:
         "https://example.com/webhooks/abc123",
         "https://x.io/?token=abc",
         'routing_key: "R0UT1NG"',
+        "x-api-key: K3Y-VALUE",
+        "host=db password=hunter2",
         "plain text",
     ]
     for text in samples:

@@ -216,6 +216,7 @@ def test_reference_rules_match_the_alerter(
             permanent=outcome == "permanent",
             now=now,
             rules=rules,
+            short_circuited=outcome == "short_circuited",
         )
         if decision is not None:
             sent.append((str(index), decision["kind"], decision["failures"]))

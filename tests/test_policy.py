@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -313,7 +314,38 @@ def conservative(failure: Any, query: str) -> float:
 CONSERVATIVE = f"{conservative.__module__}:conservative"
 
 
-def test_callables_are_named_by_dotted_path_and_resolved() -> None:
+@pytest.fixture
+def allow_this_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWED_GUARD_POLICY_MODULES", f"{conservative.__module__},no_such_package")
+
+
+def test_callables_outside_the_allow_list_are_refused_before_import(tmp_path: Path) -> None:
+    (shell,) = problems({"retry": {"classifier": "os:system"}})
+    assert shell == "retry.classifier: refused 'os:system': module os is never allowed in a policy"
+    (planted,) = problems({"fallback": {"handler": "planted_module_xyz:run"}})
+    assert "module planted_module_xyz is not allowed" in planted
+    assert "planted_module_xyz" not in sys.modules  # refused by name, never imported
+    (channel,) = problems({"alert_on_failures": {"notify": ["subprocess:run"]}})
+    assert channel.startswith("alert_on_failures.notify[0]: refused 'subprocess:run'")
+
+
+def test_policy_check_imports_nothing_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "planted.py").write_text("open('RAN', 'w').write('x')\ndef run(x): return x\n")
+    (tmp_path / "p.toml").write_text('[fallback]\nhandler = "planted:run"\n')
+    env = {**os.environ, "QWED_GUARD_POLICY_MODULES": "planted"}
+    done = subprocess.run(
+        [sys.executable, "-m", "qwed_guard.policy", "check", "p.toml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "cannot import 'planted:run'" in done.stderr
+    assert not (tmp_path / "RAN").exists()
+
+
+def test_callables_are_named_by_dotted_path_and_resolved(allow_this_module: None) -> None:
     by_name = Policy.from_dict({"fallback": {"handler": CONSERVATIVE}})
     by_object = Policy.from_dict({"fallback": {"handler": conservative}})
     assert by_object == by_name
@@ -327,7 +359,7 @@ def test_callables_are_named_by_dotted_path_and_resolved() -> None:
     assert isinstance(result, GuardedResult) and result.value == 99.0 and result.is_fallback
 
 
-def test_unimportable_callables_are_refused() -> None:
+def test_unimportable_callables_are_refused(allow_this_module: None) -> None:
     (lam,) = problems({"fallback": {"handler": lambda failure: 0}})
     assert lam.startswith("fallback.handler: a function in a policy must be importable by name")
     (missing,) = problems({"fallback": {"handler": "no_such_package.nowhere:fn"}})
@@ -360,7 +392,7 @@ def test_presets_need_and_refuse_what_they_should() -> None:
     assert "fallback" not in Policy.preset("production", fallback=None).order
 
 
-def test_preset_overrides_merge_into_sections() -> None:
+def test_preset_overrides_merge_into_sections(allow_this_module: None) -> None:
     policy = Policy.preset("production", fallback_value=0.0, retry={"max_tries": 5})
     data = policy.to_dict()
     assert (data["retry"]["max_tries"], data["retry"]["base"]) == (5, 1.0)

@@ -13,6 +13,7 @@ thread, and must not move a test's fake clock. Its delays are configurable so te
 from __future__ import annotations
 
 import atexit
+import math
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 from qwed_guard.alerts.channels.base import Channel, DeliveryError
 from qwed_guard.alerts.record import Alert
+from qwed_guard.errors import bad_parameter
 from qwed_guard.outcomes import scrub
 
 __all__ = [
@@ -51,6 +53,19 @@ def _log(level: str, message: str) -> None:
     logger.log(level, "{}", scrub(message))
 
 
+_MAX_WAIT = 3600.0
+
+
+def _seconds(value: object) -> bool:
+    """True for a finite number of seconds from 0 to an hour (longer waits overflow timers)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= _MAX_WAIT
+    )
+
+
 def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(
         cls.__name__ in ("TransportError", "TimeoutException", "NetworkError")
@@ -70,9 +85,18 @@ class Worker:
         max_retry_after: float = MAX_RETRY_AFTER,
     ) -> None:
         self.channel = channel
-        self.retry_delays = tuple(float(d) for d in retry_delays)
+        delays = tuple(retry_delays)
+        if len(delays) > 20 or not all(_seconds(d) for d in delays):
+            raise bad_parameter(
+                "retry_delays", f"must be at most 20 delays of 0 to {_MAX_WAIT:g} seconds"
+            )
+        if not _seconds(max_retry_after):
+            raise bad_parameter("max_retry_after", f"must be 0 to {_MAX_WAIT:g} seconds")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise bad_parameter("queue_size", f"must be an int >= 1, got {queue_size!r}")
+        self.retry_delays = tuple(float(d) for d in delays)
         self.queue_size = queue_size
-        self.max_retry_after = max_retry_after
+        self.max_retry_after = float(max_retry_after)
         self._cond = threading.Condition()
         self._items: deque[Alert] = deque()
         self._pending = 0  # queued plus the one being delivered

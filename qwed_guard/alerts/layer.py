@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, overload
@@ -65,17 +66,30 @@ class Decision(TypedDict):
 
 
 def decide(
-    state: State | None, *, failed: bool, permanent: bool, now: float, rules: Rules
+    state: State | None,
+    *,
+    failed: bool,
+    permanent: bool,
+    now: float,
+    rules: Rules,
+    short_circuited: bool = False,
 ) -> tuple[State | None, Decision | None]:
     """The next state and the alert to send (if any) after one call. Pure: it may run twice.
 
     State (JSON-able): `failures` in a row, `since` (first failure of the streak), `open` (an
-    alert was sent and not resolved), `reason` and `last_sent` of the open alert, and `window`
-    (recent calls, 1 = failed) when the rate window is on. No state at all means healthy.
+    alert was sent and not resolved), `reason` and `last_sent` of the open alert, `window`
+    (recent calls, 1 = failed) when the rate window is on, and `settling` right after a
+    resolve. No state at all means healthy.
+
+    One page per outage: calls a circuit breaker refused (`short_circuited`) after the outage
+    was resolved were refused while its probe was still in flight; they start no new streak
+    until a call really ran again.
     """
     if state is None and not failed and rules.rate_threshold is None:
         return None, None  # the hot path: healthy and staying healthy
     s: State = state or {}
+    if s.get("settling") and short_circuited and not s.get("open"):
+        return state, None
     failures = int(s.get("failures", 0))
     since: float | None = s.get("since")
     is_open = bool(s.get("open", False))
@@ -142,9 +156,12 @@ def decide(
             is_open, reason, last_sent = False, None, None
         failures, since = 0, None
 
-    if not is_open and failures == 0 and rules.rate_threshold is None:
+    settling = decision is not None and decision["kind"] == "resolved"
+    if not is_open and failures == 0 and rules.rate_threshold is None and not settling:
         return None, decision  # healthy: nothing to keep (the rate window keeps its successes)
     new: State = {"failures": failures, "since": since, "open": is_open}
+    if settling:
+        new["settling"] = True
     if is_open:
         new["reason"], new["last_sent"] = reason, last_sent
     if rules.rate_threshold is not None:
@@ -184,21 +201,34 @@ def _message(
     return f"{key}: {what} ({last})"
 
 
-def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+MAX_SECONDS = 366 * 86400.0
+"""The longest wait any alerting option may name (a year): beyond it timers overflow."""
+MAX_DELIVERY_SECONDS = 3600.0
+"""The longest a channel timeout or a delivery retry delay may be."""
+MAX_COUNT = 10_000_000
+
+
+def _number(
+    name: str, value: Any, *, allow_none: bool = False, maximum: float = MAX_SECONDS
+) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise bad_parameter(name, f"must be >= 0, got {value}")
+    if value > maximum:
+        raise bad_parameter(name, f"must be at most {maximum:g} seconds, got {value:g}")
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
+def _integer(name: str, value: Any, minimum: int, maximum: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
     if value < minimum:
         raise bad_parameter(name, f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise bad_parameter(name, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -263,12 +293,16 @@ class AlertLayer(Layer):
                 name = "rate_window" if rate_window is not None else "min_calls"
                 raise bad_parameter(name, "needs rate_threshold (the failure share that alerts)")
             rate, window, least = None, DEFAULT_RATE_WINDOW, DEFAULT_RATE_WINDOW
-        channel_timeout = _number("timeout", timeout)
+        channel_timeout = _number("timeout", timeout, maximum=MAX_DELIVERY_SECONDS)
         if not channel_timeout:
             raise bad_parameter("timeout", "must be > 0")
         if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
             raise bad_parameter("retry_delays", "must be a list of seconds", wrong_type=True)
-        delays = tuple(_number("retry_delays", d) or 0.0 for d in retry_delays)
+        if len(retry_delays) > 20:
+            raise bad_parameter("retry_delays", f"at most 20 delays, got {len(retry_delays)}")
+        delays = tuple(
+            _number("retry_delays", d, maximum=MAX_DELIVERY_SECONDS) or 0.0 for d in retry_delays
+        )
         self.rules = Rules(
             threshold=threshold,
             repeat_interval=repeat,
@@ -378,6 +412,7 @@ class AlertLayer(Layer):
                 decide,
                 failed=failed,
                 permanent=diagnosis.outcome is Outcome.PERMANENT,
+                short_circuited=diagnosis.outcome is Outcome.SHORT_CIRCUITED,
                 now=now,
                 rules=self.rules,
             )

@@ -8,6 +8,13 @@ signs its head every `checkpoint_every` records and when it closes:
 - in a separate checkpoint file (`<trail>.checkpoints`, one JSON object a line), an entry whose
   `mac` signs that checkpoint record itself, so the trail's last line is attested from outside.
 
+With a key every record also carries `sig`, an HMAC of the rest of the record's canonical JSON (its
+`seq` and `prev_hash` included; the hash then covers `sig` too: `sha256(prev_hash + body + sig)`),
+so a record added or changed without the key is caught; a keyed trail starts with a signed
+`genesis` record, so a cut head is caught; checkpoint file entries chain to each other (`prev`, the
+previous entry's `mac`), so a removed entry is caught; and every entry can also go to an anchor
+file the user keeps elsewhere, so a trail and checkpoint file cut back together are caught too.
+
 There is no default key: it comes from an environment variable the user names, and only its
 key id (a hash of the key) is ever written.
 """
@@ -21,16 +28,27 @@ from typing import Any
 
 from qwed_guard.audit.record import SCHEMA, rfc3339
 
-__all__ = ["Key", "checkpoint_entry", "checkpoint_record", "key_from_env", "mac"]
+__all__ = [
+    "Key",
+    "checkpoint_entry",
+    "checkpoint_record",
+    "entry_mac",
+    "genesis_record",
+    "key_from_env",
+    "mac",
+    "record_sig",
+]
 
 _MAC_DOMAIN = b"qwed-guard.audit.checkpoint/1\n"
 _REDACT_DOMAIN = b"qwed-guard.audit.redact/1\n"
+_RECORD_DOMAIN = b"qwed-guard.audit.record/1\n"
+_ENTRY_DOMAIN = b"qwed-guard.audit.checkpoint-entry/2\n"
 
 
 class Key:
     """An HMAC key and its public id (never the key itself in any output)."""
 
-    __slots__ = ("env", "id", "secret")
+    __slots__ = ("_record_hmac", "env", "id", "secret")
 
     def __init__(self, secret: bytes, env: str | None = None) -> None:
         if len(secret) < 16:
@@ -38,6 +56,8 @@ class Key:
         self.secret = secret
         self.env = env
         self.id = hashlib.sha256(b"qwed-guard.audit.key-id/1\n" + secret).hexdigest()[:16]
+        # Keyed once: each record's sig copies it (half the cost of a new HMAC per record).
+        self._record_hmac = hmac.new(secret, _RECORD_DOMAIN, hashlib.sha256)
 
     def __repr__(self) -> str:
         return f"Key(id={self.id!r})"
@@ -54,6 +74,20 @@ def key_from_env(env: str) -> Key:
 def mac(key: Key, seq: int, digest: str) -> str:
     """HMAC-SHA256 of a chain position: `seq` and the hash of the record there."""
     message = _MAC_DOMAIN + f"{seq}\n{digest}".encode("ascii")
+    return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+
+
+def record_sig(key: Key, body: bytes) -> str:
+    """A record's `sig`: HMAC-SHA256 of its canonical body without `sig` and `hash` (which holds
+    its `seq` and `prev_hash`, so its place in the chain too)."""
+    mac = key._record_hmac.copy()
+    mac.update(body)
+    return mac.hexdigest()
+
+
+def entry_mac(key: Key, seq: int, digest: str, prev: str) -> str:
+    """A checkpoint file entry's `mac`: signs the record at `seq` and the entry before it."""
+    message = _ENTRY_DOMAIN + f"{seq}\n{digest}\n{prev}".encode("ascii")
     return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
 
 
@@ -77,17 +111,68 @@ def checkpoint_record(key: Key, covers_seq: int, covers_hash: str, wall: float) 
     }
 
 
-def checkpoint_entry(key: Key, seq: int, digest: str, wall: float) -> dict[str, Any]:
-    """A checkpoint file entry: signs the record at `seq` (the in-trail checkpoint)."""
+def checkpoint_entry(
+    key: Key, seq: int, digest: str, wall: float, prev: str = ""
+) -> dict[str, Any]:
+    """A checkpoint file entry: signs the record at `seq` (the in-trail checkpoint) and chains
+    to the entry before it (`prev`, that entry's `mac`; empty for the first)."""
     return {
         "v": SCHEMA,
         "seq": seq,
         "hash": digest,
         "ts": rfc3339(wall),
         "key_id": key.id,
-        "mac": mac(key, seq, digest),
+        "prev": prev,
+        "mac": entry_mac(key, seq, digest, prev),
+    }
+
+
+def genesis_record(key: Key, wall: float) -> dict[str, Any]:
+    """The first record of a keyed trail (seq 1): without it a trail's head was cut."""
+    return {
+        "v": SCHEMA,
+        "id": "genesis",
+        "ts": rfc3339(wall),
+        "event": "genesis",
+        "key_id": key.id,
+    }
+
+
+def prune_record(
+    first_seq: int, first_prev_hash: str, files: list[str], wall: float
+) -> dict[str, Any]:
+    """Says retention removed the records before `first_seq` (whose `prev_hash` it names)."""
+    return {
+        "v": SCHEMA,
+        "id": f"prune/{first_seq}",
+        "ts": rfc3339(wall),
+        "event": "prune",
+        "first_seq": first_seq,
+        "first_prev_hash": first_prev_hash,
+        "files": files,
     }
 
 
 def mac_ok(key: Key, seq: int, digest: str, claimed: object) -> bool:
     return isinstance(claimed, str) and hmac.compare_digest(mac(key, seq, digest), claimed)
+
+
+def sig_ok(key: Key, record: dict[str, Any]) -> bool:
+    """True when a parsed record's `sig` is the key's signature of the rest of it."""
+    from qwed_guard.audit.record import canonical
+
+    claimed = record.get("sig")
+    if not isinstance(claimed, str):
+        return False
+    body = canonical({k: v for k, v in record.items() if k != "hash" and k != "sig"})
+    return hmac.compare_digest(record_sig(key, body), claimed)
+
+
+def entry_ok(key: Key, entry: dict[str, Any]) -> bool:
+    seq, digest, prev, claimed = (entry.get(k) for k in ("seq", "hash", "prev", "mac"))
+    if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(claimed, str):
+        return False
+    if entry.get("key_id") != key.id:
+        return False
+    expected = entry_mac(key, seq, digest, prev if isinstance(prev, str) else "")
+    return hmac.compare_digest(expected, claimed)

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,9 +35,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify",
         help="check the hash chain and checkpoints; exit 1 naming the first bad seq",
-        description="Exit 0 with a one-line summary when the trail is intact; otherwise exit 1 "
-        "naming the first bad seq and why (edited, missing, reordered, truncated, "
-        "bad_checkpoint).",
+        description="Exit 0 with a one-line summary when the trail is intact; exit 1 "
+        "(TAMPERED) naming the first bad seq and why (edited, forged, missing, reordered, "
+        "truncated, bad_checkpoint); exit 2 when the input cannot be read (usage, no such "
+        "file, not a trail, a FIFO or device).",
     )
     verify.add_argument(
         "path",
@@ -50,6 +51,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     verify.add_argument(
         "--checkpoints", metavar="FILE", help="checkpoint file (default: PATH.checkpoints)"
     )
+    verify.add_argument(
+        "--anchor",
+        metavar="FILE",
+        help="the anchor file the writer kept elsewhere (anchor=): the trail must reach every "
+        "checkpoint it holds",
+    )
     verify.set_defaults(run=_verify)
 
     show = commands.add_parser("show", help="the records as a table")
@@ -60,7 +67,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--since", metavar="T", help="only records at or after T (RFC 3339 time/date, or 30m/2h/7d)"
     )
     show.add_argument("--event", choices=["attempt", "call", "checkpoint", "repair"])
-    show.add_argument("--limit", type=int, default=0, help="only the last N matching records")
+    show.add_argument("--limit", type=_count, default=0, help="only the last N matching records")
     show.set_defaults(run=_show)
 
     stats = commands.add_parser(
@@ -71,10 +78,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return audit  # type: ignore[no-any-return]
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10000000, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qwed-guard")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
+        return int(exc.code or 0)
     code: int = args.run(args)
     return code
 
@@ -86,7 +106,10 @@ def _console() -> Any:
 
 
 def _error(message: str) -> int:
-    print(f"qwed-guard audit: {message}", file=sys.stderr)
+    from qwed_guard.redact import scrub
+
+    line = " ".join(message.split())  # one line, whatever the error held
+    print(f"qwed-guard audit: {scrub(line)}", file=sys.stderr)
     return 2
 
 
@@ -94,8 +117,17 @@ def _verify(args: argparse.Namespace) -> int:
     from qwed_guard.audit.chain import key_from_env
     from qwed_guard.audit.verify import verify_trail
 
-    if not _exists(args.path):
-        return _error(f"{args.path}: no such file")
+    # A deleted trail whose checkpoints survive is a verdict (truncated), not a usage error.
+    side = args.checkpoints or f"{args.path}.checkpoints"
+    gone = not _is_url(args.path) and not os.path.lexists(args.path)
+    problem = None if gone and os.path.exists(side) else _unreadable(args.path)
+    if problem:
+        return _error(problem)
+    for extra in (args.checkpoints, args.anchor):
+        if extra and os.path.exists(extra):
+            problem = _unreadable(extra)
+            if problem:
+                return _error(problem)
     key = None
     if args.key_env:
         try:
@@ -103,21 +135,45 @@ def _verify(args: argparse.Namespace) -> int:
         except (KeyError, ValueError) as exc:
             return _error(str(exc).strip("'\""))
     try:
-        report = verify_trail(args.path, key=key, checkpoint_path=args.checkpoints)
+        report = verify_trail(
+            args.path, key=key, checkpoint_path=args.checkpoints, anchor=args.anchor
+        )
     except _read_errors(args.path) as exc:
         return _error(_scrubbed(exc))
-    print(report.summary())
+    print(_printable(report.summary()))
     return 0 if report.ok else 1
+
+
+def _printable(text: str) -> str:
+    """CLI output: secrets scrubbed, and text a terminal can show (no lone surrogates)."""
+    from qwed_guard.redact import scrub
+
+    return scrub(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unreadable(path: str) -> str | None:
+    """Why `path` cannot be a trail to read (no such file, FIFO, device, no psycopg), or None."""
+    if _is_url(path):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return "a postgresql:// trail needs psycopg: pip install 'qwed-guard[fleet]'"
+        return None
+    if not os.path.exists(path):
+        return f"{path}: no such file"
+    from qwed_guard.audit.verify import check_readable
+
+    try:
+        check_readable(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _is_url(path: str) -> bool:
     from qwed_guard.audit.sinks import is_postgres_url
 
     return is_postgres_url(path)
-
-
-def _exists(path: str) -> bool:
-    return _is_url(path) or os.path.exists(path)
 
 
 def _name(path: str) -> str:
@@ -131,16 +187,16 @@ def _name(path: str) -> str:
 def _read_errors(path: str) -> tuple[type[Exception], ...]:
     """What reading the trail at `path` may raise that deserves a message, not a traceback."""
     if not _is_url(path):
-        return (OSError,)
+        return (OSError, ValueError)
     import psycopg
 
     return (OSError, ValueError, psycopg.Error)
 
 
 def _scrubbed(exc: BaseException) -> str:
-    from qwed_guard.outcomes import scrub
+    from qwed_guard.redact import scrub
 
-    return scrub(str(exc).strip())
+    return scrub(str(exc).strip() or type(exc).__name__)
 
 
 def _parse_since(text: str) -> float:
@@ -167,7 +223,7 @@ def _ts(record: dict[str, Any]) -> float | None:
 def _clip(value: Any, width: int) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else str(value)
+    text = _printable(value if isinstance(value, str) else str(value))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -181,13 +237,17 @@ def _show(args: argparse.Namespace) -> int:
 
     from qwed_guard.audit.verify import read_records
 
-    if not _exists(args.path):
-        return _error(f"{args.path}: no such file")
+    problem = _unreadable(args.path)
+    if problem:
+        return _error(problem)
     try:
         since = _parse_since(args.since) if args.since else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return _error(f"--since {args.since!r}: use an RFC 3339 time, a date, or 30m/2h/7d")
-    rows: list[dict[str, Any]] = []
+    # Streamed: with --limit only the last N matching records are ever held.
+    rows: deque[dict[str, Any]] | list[dict[str, Any]] = (
+        deque(maxlen=args.limit) if args.limit else []
+    )
     try:
         for record in read_records(args.path):
             if args.call and not str(record.get("call_id") or "").startswith(args.call):
@@ -203,8 +263,6 @@ def _show(args: argparse.Namespace) -> int:
             rows.append(record)
     except _read_errors(args.path) as exc:
         return _error(_scrubbed(exc))
-    if args.limit and args.limit > 0:
-        rows = rows[-args.limit :]
     table = Table(title=f"{_name(args.path)}: {len(rows)} records", show_lines=False)
     for column, justify in (
         ("seq", "right"),
@@ -253,8 +311,9 @@ def _percentile(values: list[int], fraction: float) -> float:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    if not _exists(args.path):
-        return _error(f"{args.path}: no such file")
+    problem = _unreadable(args.path)
+    if problem:
+        return _error(problem)
     try:
         return _summarise(args.path)
     except _read_errors(args.path) as exc:

@@ -30,6 +30,7 @@ from qwed_guard.audit.record import (
     versions,
 )
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
+from qwed_guard.audit.sinks.base import check_options
 from qwed_guard.context import (
     ATTEMPT_ENDED,
     ATTEMPT_STARTED,
@@ -53,6 +54,8 @@ Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 _SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
 _QUIET_EVENTS = frozenset({ATTEMPT_STARTED, RETRY_SCHEDULED})
 _MISSING: Any = object()
+_MIN_HIDDEN = 4
+"""Shorter queries are not searched for in other fields: they would match unrelated text."""
 _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
@@ -145,7 +148,7 @@ class _QueryLocator:
 class _Call:
     """One call's view of the trail: the listener that writes its records."""
 
-    __slots__ = ("call_id", "common", "ctx", "events", "failure", "last", "layer")
+    __slots__ = ("call_id", "common", "ctx", "events", "failure", "hidden", "last", "layer")
 
     def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
         self.layer = layer
@@ -155,12 +158,20 @@ class _Call:
         self.failure: BaseException | None = None
         self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
         qwed_version, guard_version = _record._versions or versions()
+        query = layer._query_value(ctx)
+        # With redact="hmac", the raw query wherever an error, reason or event repeats it.
+        self.hidden: tuple[str, str] | None = None
+        if layer.redact_key is not None and query is not None:
+            raw = layer._query.find(ctx.args, ctx.kwargs)
+            text = raw if isinstance(raw, str) else repr(raw)
+            if len(text) >= _MIN_HIDDEN:
+                self.hidden = (text, query)
         # The fields every record of this call shares.
         self.common: dict[str, Any] = {
             "v": SCHEMA,
             "call_id": self.call_id,
             "function": layer._function,
-            "query": layer._query_value(ctx),
+            "query": query,
             "context": layer._context_value(ctx) if ctx.fields or layer.context else {},
             "policy": ctx.policy_hash,
             "qwed": qwed_version,
@@ -195,7 +206,7 @@ class _Call:
                 "verified": verified,
                 "value": value,
                 "confidence": confidence,
-                "error": scrub(error) if error else None,
+                "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
                 "wait_us": round(attempt.wait_before * 1_000_000),
@@ -207,6 +218,23 @@ class _Call:
         if attestation is not None:
             record["attestation"] = attestation
         self.layer._write(self, record)
+
+    def text(self, text: str) -> str:
+        """`text` scrubbed, and with redact="hmac" the raw query in it replaced by its HMAC."""
+        hidden = self.hidden
+        if hidden is not None and hidden[0] in text:
+            text = text.replace(hidden[0], hidden[1])
+        return scrub(text)
+
+    def hide(self, value: Any) -> Any:
+        """`value` (record data) with the raw query replaced in every string it holds."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.hide(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.hide(v) for v in value]
+        return value
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
         ctx = self.ctx
@@ -250,7 +278,7 @@ class _Call:
                 if event.kind == FALLBACK_USED and name == "reason":
                     continue  # the call's own `reason`
                 item[scrub(str(name))] = jsonable(datum)
-            events.append(item)
+            events.append(self.hide(item) if self.hidden else item)
         record = Record(self.common)
         record.update(
             {
@@ -262,10 +290,10 @@ class _Call:
                 "verified": verified,
                 "value": value,
                 "confidence": confidence,
-                "error": scrub(error) if error else None,
+                "error": self.text(error) if error else None,
                 "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
                 "source": source,
-                "reason": scrub(reason) if reason else None,
+                "reason": self.text(reason) if reason else None,
                 "exception": exception,
                 "events": events,
             }
@@ -301,6 +329,7 @@ class AuditLayer(Layer):
         rotate_seconds: float | None = None,
         keep_files: int | None = None,
         keep_days: float | None = None,
+        anchor: str | None = None,
         verdict: VerdictRules | Judge | None = None,
     ) -> None:
         self.verdict = as_rules(verdict)
@@ -333,10 +362,21 @@ class AuditLayer(Layer):
             isinstance(redact_context, str) or not isinstance(redact_context, Collection)
         ):
             raise bad_parameter("redact_context", "must be a list of context keys")
+        # Checked here too: a memory: or custom sink would not check them itself.
+        check_options(
+            batch_size=batch_size,
+            batch_ms=batch_ms,
+            checkpoint_every=checkpoint_every,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            keep_files=keep_files,
+            keep_days=keep_days,
+        )
         self.checkpoint_key = _key(key_env, "key_env") if key_env else None
         self.redact = redact
         self.redact_context = frozenset(redact_context) if redact_context is not None else None
         self.fsync = fsync
+        self.anchor = anchor
         self.on_error = on_error
         self.query_arg = query_arg
         self.context: dict[str, Any] = jsonable(dict(context)) if context else {}
@@ -351,6 +391,7 @@ class AuditLayer(Layer):
             rotate_seconds=rotate_seconds,
             keep_files=keep_files,
             keep_days=keep_days,
+            anchor=anchor,
         )
         self._function = "?"
         self._query = _QueryLocator(None, query_arg)
@@ -368,7 +409,9 @@ class AuditLayer(Layer):
         redact = self.redact if isinstance(self.redact, str) else "custom"
         parts.append(f"redact={redact}")
         if self.checkpoint_key is not None:
-            parts.append(f"checkpoints signed with ${self.checkpoint_key.env}")
+            parts.append(f"records and checkpoints signed with ${self.checkpoint_key.env}")
+        if self.anchor is not None:
+            parts.append(f"anchor={self.anchor}")
         parts.append(f"on_error={self.on_error}")
         return "audited(" + "; ".join(parts) + ")"
 
@@ -423,7 +466,9 @@ class AuditLayer(Layer):
         if self.on_error == "log":
             from loguru import logger
 
-            logger.error("qwed_guard audit: a record of call {} was lost: {}", call.call_id, exc)
+            logger.error(
+                "qwed_guard audit: a record of call {} was lost: {}", call.call_id, scrub(str(exc))
+            )
         elif call.failure is None:
             call.failure = exc
 
@@ -515,6 +560,7 @@ def audited(
     rotate_seconds: float | None = None,
     keep_files: int | None = None,
     keep_days: float | None = None,
+    anchor: str | None = None,
     verdict: VerdictRules | Judge | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -525,9 +571,11 @@ def audited(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
     Put it outermost (`@audited` above `@fallback` above `@retry`). Records go to `sink`
     (`"jsonl:PATH"` by default `audit.jsonl`, `"sqlite:PATH"`, `"memory:"`, a Sink, or a list);
     `fsync` chooses when they reach the disk; `key_env` names the environment variable holding
-    the HMAC key for signed checkpoints; `redact="hmac"` (key in `redact_key_env`) stores the
-    query and context values as keyed hashes. If a record cannot be written the call raises
-    `AuditError` (`on_error="log"` logs and returns instead).
+    the HMAC key that signs every record and checkpoint; `anchor` names a file, kept where a
+    cut trail cannot reach it, that also receives every signed checkpoint; `redact="hmac"`
+    (key in `redact_key_env`) stores the query and context values as keyed hashes. If a
+    record cannot be written the call raises `AuditError` (`on_error="log"` logs and returns
+    instead).
     """
     layer = AuditLayer(**params)
     if fn is not None:

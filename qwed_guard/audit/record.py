@@ -17,9 +17,13 @@ import enum
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qwed_guard import outcomes
+from qwed_guard.redact import may_hold_secret
+
+if TYPE_CHECKING:
+    from qwed_guard.audit.chain import Key
+from qwed_guard.redact import scrub as _scrub
 
 __all__ = [
     "FIELDS",
@@ -46,7 +50,7 @@ FIELDS: dict[str, str] = {
     "id": "record id: '<call_id>/a<n>' for attempts, '<call_id>/call' for calls",
     "ts": "UTC time the record was made, RFC 3339 with microseconds and 'Z'",
     "call_id": "the guarded call this record belongs to",
-    "event": "'attempt', 'call', 'checkpoint' or 'repair'",
+    "event": "'attempt', 'call', 'checkpoint', 'repair', 'genesis' or 'prune'",
     "attempt": "attempt number (attempt records) or number of attempts made (call records)",
     "function": "the guarded function's qualified name",
     "query": "the query argument (scrubbed; 'hmac-sha256:<key id>:<hex>' with redact='hmac')",
@@ -70,7 +74,9 @@ FIELDS: dict[str, str] = {
     "qwed": "installed qwed version",
     "qwed_guard": "installed qwed_guard version",
     "prev_hash": "hash of the previous record ('0' * 64 for the first)",
-    "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash')",
+    "hash": "sha256(prev_hash + RFC 8785 JSON of the record without 'hash' and 'sig' + sig)",
+    "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and "
+    "'sig' (the hash covers it)",
 }
 
 
@@ -202,32 +208,50 @@ def _without_surrogates(obj: Any) -> Any:
     return obj
 
 
-def chain_hash(prev_hash: str, body: bytes) -> str:
+def chain_hash(prev_hash: str, body: bytes, sig: str | None = None) -> str:
     digest = hashlib.sha256(prev_hash.encode("ascii"))
     digest.update(body)  # not `prev + body`: no copy of the record's bytes
+    if sig is not None:
+        digest.update(sig.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
-def seal(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:
+def seal(
+    record: dict[str, Any], seq: int, prev_hash: str, key: Key | None = None
+) -> tuple[bytes, str]:
     """Give `record` its place in the chain; return its JSONL line and its hash.
 
-    Sets `seq`, `prev_hash` and `hash` on `record`. The line is the canonical body with `hash`
-    appended, so it is valid JSON; verifiers recompute the canonical form, not the line's bytes.
+    Sets `seq`, `prev_hash` and `hash` on `record` (and, with a key, `sig`: the HMAC of the
+    canonical body, which the hash then covers). The line is the canonical body with `hash`
+    (and `sig`) appended, so it is valid JSON; verifiers recompute the canonical form, not the
+    line's bytes.
     """
     record.pop("hash", None)
+    record.pop("sig", None)
     record["seq"] = seq
     record["prev_hash"] = prev_hash
     body = canonical(record)
-    digest = chain_hash(prev_hash, body)
-    record["hash"] = digest
-    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+    if key is None:
+        digest = chain_hash(prev_hash, body)
+        record["hash"] = digest
+        return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+    from qwed_guard.audit.chain import record_sig
+
+    sig = record_sig(key, body)
+    digest = chain_hash(prev_hash, body, sig)
+    record["sig"], record["hash"] = sig, digest
+    tail = b',"hash":"' + digest.encode("ascii") + b'","sig":"' + sig.encode("ascii") + b'"}\n'
+    return body[:-1] + tail, digest
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
-    """Recompute a parsed record's hash from its content and its `prev_hash`."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    """Recompute a parsed record's hash from its content, its `prev_hash` and its `sig`."""
+    body = {k: v for k, v in record.items() if k != "hash" and k != "sig"}
     prev = body.get("prev_hash")
-    return chain_hash(prev if isinstance(prev, str) else "", canonical(body))
+    sig = record.get("sig")
+    if sig is not None and not isinstance(sig, str):
+        sig = repr(sig)  # not what a writer writes: it cannot match
+    return chain_hash(prev if isinstance(prev, str) else "", canonical(body), sig)
 
 
 _second_box: list[tuple[int, str]] = [(-1, "")]
@@ -254,19 +278,10 @@ def float_text(value: float) -> str:
 
 
 def scrub(text: str) -> str:
-    """`outcomes.scrub`, skipped for text that cannot hold any of the secrets it removes.
-
-    Every pattern of `outcomes.scrub` needs one of these substrings; checking them is about
-    twenty times cheaper than running the patterns, and most audited text has none.
+    """`redact.scrub`, skipped for text that cannot hold any of the secrets it removes
+    (checking is about twenty times cheaper than the patterns, and most audited text has none).
     """
-    if outcomes._registered_secrets:
-        return outcomes.scrub(text)
-    if "sk-" in text or "://" in text or "=" in text:
-        return outcomes.scrub(text)
-    lowered = text.lower()
-    if "bearer" in lowered or "routing_key" in lowered:
-        return outcomes.scrub(text)
-    return text
+    return _scrub(text) if may_hold_secret(text) else text
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:

@@ -11,7 +11,8 @@ def interest(query: str): ...
 
 from __future__ import annotations
 
+from qwed_guard.policy._callables import allow_callables
 from qwed_guard.policy._core import CANONICAL_ORDER, Policy
 from qwed_guard.policy._presets import PRESETS
 
-__all__ = ["CANONICAL_ORDER", "PRESETS", "Policy"]
+__all__ = ["CANONICAL_ORDER", "PRESETS", "Policy", "allow_callables"]

@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 from qwed_guard.errors import ParameterError, PolicyError
 from qwed_guard.layer import Layer, guard
 from qwed_guard.outcomes import scrub
+from qwed_guard.policy._callables import check_allowed
 from qwed_guard.verdicts import VerdictRules
 
 __all__ = ["CANONICAL_ORDER", "Policy"]
@@ -360,10 +361,23 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
         value = arguments.get(key)
         if isinstance(value, str) and _looks_dotted(value):
             try:
+                check_allowed(value)  # before importing anything it names
                 arguments[key] = _import_dotted(value)
+            except PermissionError as exc:
+                problems.add(f"{name}.{key}", f"refused {value!r}: {exc}")
+                unresolved = True
             except Exception as exc:
                 problems.add(f"{name}.{key}", f"cannot import {value!r}: {exc}")
                 unresolved = True
+        elif key == "notify" and isinstance(value, (list, tuple)):
+            # Dotted channel names are imported by the alert layer: check them here.
+            for index, item in enumerate(value):
+                if isinstance(item, str) and ":" in item:
+                    try:
+                        check_allowed(item)
+                    except PermissionError as exc:
+                        problems.add(f"{name}.{key}[{index}]", f"refused {item!r}: {exc}")
+                        unresolved = True
     # Build the layer even when other keys were bad, so their values are checked too.
     layer = None if missing or unresolved else _construct(name, cls, arguments, problems)
     normalized: dict[str, Any] = {}

@@ -44,4 +44,40 @@ def load(path: Path) -> Any:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"{path}: a policy is a table of sections, got {type(data).__name__}")
+    where = _surrogate(data, "")
+    if where is not None:
+        # JSON's \ud800 escapes (and YAML's) give text no file, log or hash can encode.
+        raise PolicyError(f"{path}: {where or 'a key'} holds a lone surrogate (not valid Unicode)")
     return data
+
+
+def _surrogate(value: Any, where: str, seen: set[int] | None = None) -> str | None:
+    """The dotted path of the first string holding a lone surrogate, or None.
+
+    Each container is visited once: YAML aliases share (or loop back to) their values."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where.encode("utf-8", "backslashreplace").decode("utf-8")
+        return None
+    if not isinstance(value, (dict, list, tuple)):
+        return None
+    seen = set() if seen is None else seen
+    if id(value) in seen or len(seen) > 100_000:
+        return None
+    seen.add(id(value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            found = _surrogate(key, where, seen) if isinstance(key, str) else None
+            if found is None:
+                found = _surrogate(item, name, seen)
+            if found is not None:
+                return found.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        for index, item in enumerate(value):
+            found = _surrogate(item, f"{where}[{index}]", seen)
+            if found is not None:
+                return found
+    return None

@@ -24,11 +24,18 @@ def check(path: str, out: TextIO | None = None, err: TextIO | None = None) -> in
     try:
         policy = Policy.from_file(path)
     except PolicyError as exc:
-        print(exc, file=err)
+        print(_printable(str(exc)), file=err)
         return EXIT_INVALID
-    print(policy.describe(), file=out)
+    print(_printable(policy.describe()), file=out)
     print(f"hash: {policy.hash}", file=out)
     return EXIT_OK
+
+
+def _printable(text: str) -> str:
+    """Scrubbed, and encodable on any terminal (a lone surrogate is shown escaped)."""
+    from qwed_guard.redact import scrub
+
+    return scrub(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _run(args: argparse.Namespace) -> int:

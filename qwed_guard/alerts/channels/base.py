@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import math
 import os
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
@@ -11,6 +13,7 @@ from urllib.parse import urlsplit
 from qwed_guard.alerts.record import Alert
 from qwed_guard.errors import bad_parameter
 from qwed_guard.outcomes import parse_retry_after, register_secret, scrub
+from qwed_guard.redact import register_url
 
 if TYPE_CHECKING:
     import httpx
@@ -109,12 +112,16 @@ class Options:
             self.fail(f"{self.where}: {name} must be a non-empty string")
         return value
 
-    def number(self, name: str, default: float, *, positive: bool = False) -> float:
+    def number(
+        self, name: str, default: float, *, positive: bool = False, maximum: float = 3600.0
+    ) -> float:
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"{self.where}: {name} must be a number, got {type(value).__name__}")
-        if value < 0 or (positive and value == 0):
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
             self.fail(f"{self.where}: {name} must be {'> 0' if positive else '>= 0'}, got {value}")
+        if value > maximum:
+            self.fail(f"{self.where}: {name} must be at most {maximum:g}, got {value:g}")
         return float(value)
 
     def flag(self, name: str, default: bool) -> bool:
@@ -125,32 +132,73 @@ class Options:
 
 
 class HttpChannel(Channel):
-    """A channel that POSTs JSON with httpx; one client per channel, opened on first use."""
+    """A channel that POSTs JSON with httpx; one client per channel, opened on first use.
+
+    `timeout` bounds the whole delivery, not each read: a receiver that drips its reply a
+    byte at a time is cut off when the time is up (a timer closes the connection).
+    """
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
         self.timeout = timeout
         self._client: httpx.Client | None = None
+        # The URL, and the path tokens a receiver may echo without the rest of it.
+        register_url(url)
 
-    def post(self, payload: Any, headers: Mapping[str, str] | None = None) -> httpx.Response:
-        """POST `payload`; a 2xx returns, anything else raises a classified `DeliveryError`."""
+    def post(self, payload: Any, headers: Mapping[str, str] | None = None) -> int:
+        """POST `payload`; a 2xx returns its status, anything else raises a classified
+        `DeliveryError`."""
         import httpx  # imported here: it costs ~0.1 s and only delivery needs it
 
         if self._client is None:
             self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+        client = self._client
+        expired = threading.Event()
+
+        def cut_off() -> None:
+            expired.set()
+            client.close()  # unblocks a read in progress on the delivery thread
+
+        timer = threading.Timer(self.timeout, cut_off)
+        timer.daemon = True
+        timer.start()
+        cut = False
         try:
-            response = self._client.post(self.url, json=payload, headers=headers)
-        except httpx.TransportError as exc:
+            with client.stream("POST", self.url, json=payload, headers=headers) as response:
+                status = response.status_code
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    if len(body) < 1024:
+                        body += chunk
+                    if expired.is_set():
+                        cut = True
+                        break
+        except (httpx.TransportError, httpx.StreamError, RuntimeError) as exc:
+            if expired.is_set():
+                self._client = None
+                raise DeliveryError(
+                    f"timed out: the delivery took longer than {self.timeout:g} s",
+                    retryable=True,
+                ) from None
+            if not isinstance(exc, httpx.TransportError):
+                raise
             # Connection refused, timeouts, resets: the endpoint may come back.
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
-        status = response.status_code
+        finally:
+            timer.cancel()
+        if expired.is_set():
+            self._client = None  # closed by the timer (maybe just after the reply was whole)
+        if cut:
+            raise DeliveryError(
+                f"timed out: the delivery took longer than {self.timeout:g} s", retryable=True
+            )
         if 200 <= status < 300:
-            return response
+            return status
         retryable = status in (408, 429) or status >= 500
         retry_after = parse_retry_after(response.headers) if retryable else None
-        body = response.text[:200].strip()
+        text = body.decode("utf-8", "replace")[:200].strip()
         raise DeliveryError(
-            f"HTTP {status}" + (f": {body}" if body else ""),
+            f"HTTP {status}" + (f": {text}" if text else ""),
             retryable=retryable,
             retry_after=retry_after,
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT, HttpChannel, Options
 from qwed_guard.alerts.record import Alert
+from qwed_guard.redact import register_secret
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -34,6 +35,7 @@ class PagerDutyChannel(HttpChannel):
     ) -> None:
         super().__init__(url, timeout)
         self.routing_key = routing_key
+        register_secret(routing_key)  # however the channel was built
         self.severity = severity
         self.source = source or socket.gethostname()
 

@@ -21,6 +21,8 @@ class WebhookChannel(HttpChannel):
     ) -> None:
         super().__init__(url, timeout)
         self.headers = dict(headers or {})
+        for value in self.headers.values():
+            register_secret(value)  # an Authorization header is as secret as the URL
         self.name = f"webhook({urlsplit(url).hostname})"
 
     @classmethod

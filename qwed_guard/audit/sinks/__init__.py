@@ -65,7 +65,11 @@ def close_all() -> None:
         except Exception as exc:  # at exit there is no caller left to fail closed to
             from loguru import logger
 
-            logger.error("qwed_guard audit: closing {} failed: {}", sink.describe(), exc)
+            from qwed_guard.redact import scrub
+
+            logger.error(
+                "qwed_guard audit: closing {} failed: {}", sink.describe(), scrub(str(exc))
+            )
 
 
 atexit.register(close_all)
@@ -98,6 +102,8 @@ def sink_from_url(
     scheme, sep, rest = spec.partition(":")
     if not sep or len(scheme) == 1:  # a bare path (or a Windows drive letter)
         scheme, rest = ("sqlite" if spec.endswith(_SQLITE_SUFFIXES) else "jsonl"), spec
+    if options.get("anchor") is None:
+        options.pop("anchor", None)
     if scheme == "memory":
         return MemorySink()
     if scheme == "loguru":
@@ -133,6 +139,8 @@ def sink_from_url(
 
 
 def _postgres_sink(url: str, *, fsync: FsyncMode, key: Key | None, **options: Any) -> Sink:
+    if options.get("anchor") is None:
+        options.pop("anchor", None)
     bad = sorted(k for k, v in options.items() if v is not None and k.startswith(("rot", "kee")))
     if bad:
         raise bad_parameter(bad[0], "rotation and retention apply to JSONL trails only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -12,9 +13,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from qwed_guard.audit.chain import Key
 from qwed_guard.errors import AuditError, bad_parameter
 
-__all__ = ["FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink"]
+__all__ = ["FLUSH_TIMEOUT", "FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink", "check_options"]
 
 FsyncMode = Literal["always", "batch", "none"]
+MAX_BATCH_SIZE = 1_000_000
+MAX_BATCH_MS = 60_000.0
+"""A group commit waits at most a minute: beyond that a crash loses too much to call it durable."""
+MAX_CHECKPOINT_EVERY = 10**9
+FLUSH_TIMEOUT = 60.0
+"""Seconds `flush()` waits for the writer thread before it fails closed."""
 FSYNC_MODES: tuple[FsyncMode, ...] = ("always", "batch", "none")
 
 
@@ -33,6 +40,34 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+_LIMITS: dict[str, tuple[type, float, float, bool]] = {
+    # name: (type, least, most, whether the least itself is allowed)
+    "batch_size": (int, 1, MAX_BATCH_SIZE, True),
+    "batch_ms": (float, 0, MAX_BATCH_MS, False),
+    "checkpoint_every": (int, 1, MAX_CHECKPOINT_EVERY, True),
+    "rotate_bytes": (int, 1, 2**50, True),
+    "rotate_seconds": (float, 0, 10 * 366 * 86400.0, False),
+    "keep_files": (int, 1, 1_000_000, True),
+    "keep_days": (float, 0, 100 * 366.0, False),
+}
+
+
+def check_options(**options: Any) -> None:
+    """Refuse a numeric audit option outside its bounds, naming it (None means unset)."""
+    for name, value in options.items():
+        if value is None and name.startswith(("rotate", "keep")):
+            continue
+        kind, least, most, inclusive = _LIMITS[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            wanted = "an int" if kind is int else "a number"
+            raise bad_parameter(name, f"must be {wanted}, got {value!r}", wrong_type=True)
+        low_ok = value >= least if inclusive else value > least
+        if not math.isfinite(value) or not low_ok or value > most:
+            low = f">= {least:g}" if inclusive else f"> {least:g}"
+            raise bad_parameter(name, f"must be {low} and <= {most:g}, got {value!r}")
 
 
 _live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
@@ -74,18 +109,7 @@ class ChainedSink:
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise bad_parameter("batch_size", f"must be an int >= 1, got {batch_size!r}")
-        if isinstance(batch_ms, bool) or not isinstance(batch_ms, (int, float)) or batch_ms <= 0:
-            raise bad_parameter("batch_ms", f"must be a number > 0, got {batch_ms!r}")
-        if (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or checkpoint_every < 1
-        ):
-            raise bad_parameter(
-                "checkpoint_every", f"must be an int >= 1, got {checkpoint_every!r}"
-            )
+        check_options(batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every)
         self.fsync: FsyncMode = fsync
         self.batch_size = batch_size
         self.batch_ms = float(batch_ms)
@@ -142,19 +166,41 @@ class ChainedSink:
             if not before or before < self.batch_size <= len(pending):
                 self._cond.notify_all()
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Return once every queued record is committed; raise `AuditError` if the writer
+        failed, died, or did not finish within `timeout` seconds."""
         if self.fsync != "batch":
             return
+        deadline = time.monotonic() + max(0.0, min(float(timeout), 86400.0))
         cond = self._cond
         with cond:
             self._flushes += 1
             cond.notify_all()
             while (self._pending or self._inflight) and self._error is None:
-                if self._thread is None:
+                thread = self._thread
+                if thread is None:
                     self._start_writer()
-                cond.wait(0.5)
+                elif not thread.is_alive():
+                    self._fail_pending(AuditError("the writer thread ended unexpectedly"))
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    waiting = len(self._pending) + self._inflight
+                    raise AuditError(
+                        f"{self.describe()}: flush timed out after {timeout:g} s with "
+                        f"{waiting} record(s) not yet written"
+                    )
+                cond.wait(min(remaining, 0.5))
             if self._error is not None:
                 raise AuditError(f"{self.describe()}: {self._error}") from self._error
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """Fail closed: keep `exc` for every caller and drop what can no longer be written.
+        Called with the condition held."""
+        self._error = exc
+        self._inflight = 0
+        self._pending.clear()
+        self._cond.notify_all()
 
     def close(self) -> None:
         if self._closed:
@@ -188,6 +234,13 @@ class ChainedSink:
         self._thread.start()
 
     def _writer(self) -> None:
+        try:
+            self._write_batches()
+        except BaseException as exc:  # whatever failed, the callers must hear of it
+            with self._cond:
+                self._fail_pending(exc)
+
+    def _write_batches(self) -> None:
         cond = self._cond
         # Group commit waits in real time: under a test's fake clock it must still flush.
         while True:
@@ -214,10 +267,7 @@ class ChainedSink:
                     self._commit(batch, True)
             except BaseException as exc:  # kept, and raised to the next caller: fail closed
                 with cond:
-                    self._error = exc
-                    self._inflight = 0
-                    self._pending.clear()
-                    cond.notify_all()
+                    self._fail_pending(exc)
                 return
             with cond:
                 self._inflight = 0

@@ -44,10 +44,10 @@ import orjson
 import psycopg
 
 from qwed_guard import clock
-from qwed_guard.audit.chain import Key, checkpoint_entry, checkpoint_record
+from qwed_guard.audit.chain import Key, checkpoint_entry, checkpoint_record, genesis_record
 from qwed_guard.audit.record import GENESIS, canonical, seal
-from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode
-from qwed_guard.audit.sinks.jsonl import make_private_dirs
+from qwed_guard.audit.sinks.base import FLUSH_TIMEOUT, ChainedSink, FsyncMode
+from qwed_guard.audit.sinks.jsonl import append_entry, make_private_dirs, real_path
 from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.outcomes import register_secret, scrub
 
@@ -69,7 +69,7 @@ _OWN_OPTIONS = ("table", "spool", "retry_interval")
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}(\.[a-z_][a-z0-9_]{0,40})?")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
-_SEALED_FIELDS = ("seq", "prev_hash", "hash")
+_SEALED_FIELDS = ("seq", "prev_hash", "hash", "sig")  # set when sealed
 _REPLAY_CHUNK = 1000
 _Connection = psycopg.Connection[tuple[Any, ...]]
 # What an unreachable, restarting or shutting-down server raises: spool, do not fail.
@@ -227,6 +227,7 @@ class PostgresSink(ChainedSink):
         table: str | None = None,
         spool: str | os.PathLike[str] | None = None,
         retry_interval: float | None = None,
+        anchor: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(
             fsync=fsync,
@@ -246,8 +247,17 @@ class PostgresSink(ChainedSink):
                 raise bad_parameter(
                     "retry_interval", f"must be a number, got {own['retry_interval']!r}"
                 ) from None
-        if isinstance(retry_interval, bool) or retry_interval < 0:
-            raise bad_parameter("retry_interval", f"must be >= 0, got {retry_interval!r}")
+        if (
+            isinstance(retry_interval, bool)
+            or not isinstance(retry_interval, (int, float))
+            or not 0 <= retry_interval <= 86400
+        ):
+            raise bad_parameter(
+                "retry_interval", f"must be between 0 and 86400 seconds, got {retry_interval!r}"
+            )
+        if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
+            raise bad_parameter("anchor", "must be a file path", wrong_type=True)
+        self.anchor = real_path(anchor) if anchor is not None else None
         self.retry_interval = float(retry_interval)
         chosen = os.fspath(spool) if spool is not None else own.get("spool")
         if chosen in ("off", "none", ""):
@@ -393,14 +403,16 @@ class PostgresSink(ChainedSink):
                 if stored:
                     records = [r for r in records if _record_id(r) not in stored]
             start, head = (int(head_row[0]), str(head_row[1])) if head_row else (0, GENESIS)
+            key = self.key
+            if key is not None and not head_row and records:
+                records = [genesis_record(key, clock.wall()), *records]
             seq = start
             rows: list[tuple[Any, ...]] = []
             for record in records:
                 seq += 1
                 prev = head
-                line, head = seal(record, seq, head)
+                line, head = seal(record, seq, head, key)
                 rows.append(_row(record, prev, line))
-            key = self.key
             every = self.checkpoint_every
             unsigned = self._unsigned + len(records)
             entry = None
@@ -410,10 +422,12 @@ class PostgresSink(ChainedSink):
                 wall = clock.wall()
                 cp = checkpoint_record(key, seq, head, wall)
                 prev = head
-                line, head = seal(cp, seq + 1, head)
+                line, head = seal(cp, seq + 1, head, key)
                 seq += 1
                 rows.append(_row(cp, prev, line))
-                entry = checkpoint_entry(key, seq, head, wall)
+                cur.execute(f"SELECT entry->>'mac' FROM {t}_checkpoints ORDER BY seq DESC LIMIT 1")
+                last = cur.fetchone()
+                entry = checkpoint_entry(key, seq, head, wall, (last and last[0]) or "")
                 unsigned = 0
             if rows:
                 columns = list(zip(*rows, strict=True))
@@ -427,6 +441,8 @@ class PostgresSink(ChainedSink):
                     "VALUES (%s, %s, %s, %s::json)",
                     (entry["seq"], entry["hash"], entry["key_id"], orjson.dumps(entry).decode()),
                 )
+                if self.anchor is not None:  # under the advisory lock: entries in trail order
+                    append_entry(self.anchor, orjson.dumps(entry) + b"\n", self.fsync != "none")
         return unsigned
 
     def _unreachable(self, exc: BaseException) -> None:
@@ -563,10 +579,10 @@ class PostgresSink(ChainedSink):
             self._recovered()
             return count
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Return once every record appended so far is stored, or durable in the spool; a
         waiting spool is replayed if PostgreSQL answers."""
-        super().flush()
+        super().flush(timeout)
         if self._spool_waiting() and clock.monotonic() >= self._down_until:
             with contextlib.suppress(AuditError):  # still down: the records stay spooled
                 self.replay_spool()
@@ -640,15 +656,51 @@ def _reader_conninfo(url: str) -> tuple[str, str]:
 
 def iter_postgres_lines(url: str) -> Iterator[tuple[int, bytes]]:
     """(seq, line) of every stored record of the trail at `url`, in seq order, streamed."""
+    for seq, line, _ in iter_postgres_rows(url):
+        yield seq, line
+
+
+ROW_COLUMNS = ("record_id", "ts", "call_id", "event", "outcome", "prev_hash", "hash")
+
+
+def iter_postgres_rows(url: str) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(seq, line, the other columns) of every stored record, in seq order, streamed."""
     conninfo, table = _reader_conninfo(url)
     with (
         psycopg.connect(conninfo) as conn,
         conn.cursor(name="qwed_guard_audit_read") as cur,
     ):
         cur.itersize = 2000
-        cur.execute(f"SELECT seq, record::text FROM {table} ORDER BY seq")
-        for seq, text in cur:
-            yield int(seq), text.encode("utf-8") + b"\n"
+        cur.execute(f"SELECT seq, {', '.join(ROW_COLUMNS)}, record::text FROM {table} ORDER BY seq")
+        for row in cur:
+            columns = dict(zip(ROW_COLUMNS, row[1:-1], strict=True))
+            yield int(row[0]), row[-1].encode("utf-8") + b"\n", columns
+
+
+def row_mismatch(record: dict[str, Any], columns: dict[str, Any]) -> str | None:
+    """The first stored column that disagrees with the hashed record, if any."""
+    outcome, call_id = record.get("outcome"), record.get("call_id")
+    expected: dict[str, Any] = {
+        "record_id": _record_id(record),
+        "call_id": call_id if isinstance(call_id, str) else None,
+        "event": str(record.get("event") or ""),
+        "outcome": outcome if isinstance(outcome, str) else None,
+        "prev_hash": record.get("prev_hash"),
+        "hash": record.get("hash"),
+    }
+    for name, value in expected.items():
+        if columns.get(name) != value:
+            return name
+    stored, text = columns.get("ts"), _ts(record.get("ts"))
+    if (stored is None) != (text is None):
+        return "ts"
+    if stored is not None and text is not None:
+        import datetime
+
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if abs((stored - when).total_seconds()) > 1e-6:
+            return "ts"
+    return None
 
 
 def iter_postgres_checkpoints(url: str) -> Iterator[bytes]:
