@@ -66,13 +66,23 @@ def _parse_retry_on(retry_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
     return frozenset(chosen)
 
 
+# The largest sane value of each number: beyond it a schedule overflows or never ends.
+_MOST: dict[str, float] = {
+    "base": 3600.0,
+    "factor": 100.0,
+    "max_delay": 86400.0,
+    "max_time": 7 * 86400.0,
+}
+
+
 def _non_negative(name: str, value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
-    if value < 0:
-        raise bad_parameter(name, f"must be >= 0, got {value}")
+    most = _MOST[name]
+    if not math.isfinite(value) or value < 0 or value > most:
+        raise bad_parameter(name, f"must be >= 0 and <= {most:g}, got {value!r}")
 
 
 class RetryLayer(Layer):

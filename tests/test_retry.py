@@ -337,3 +337,20 @@ def test_bare_decorator_and_describe() -> None:
     assert verify("q").verified
     layer = verify.guard_layers[0]  # type: ignore[attr-defined]
     assert layer.describe().startswith("retry(max_tries=3; waits 1 s, 2 s;")
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("base", 1e308),
+        ("base", float("nan")),
+        ("max_delay", float("inf")),
+        ("max_delay", 1e308),
+        ("factor", 1e6),
+        ("max_time", float("nan")),
+        ("max_time", 1e12),
+    ],
+)
+def test_numbers_are_bounded_and_finite(param: str, value: float) -> None:
+    with pytest.raises(ValueError, match=param):
+        retry(**{param: value})
