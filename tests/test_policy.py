@@ -70,7 +70,7 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     text = "\n".join(found)
     for expected in (
         "retry.max_tries: must be >= 1, got 0",
-        "retry.base: must be >= 0, got -1",
+        "retry.base: must be >= 0 and <= 3600, got -1",
         "retry.factor: must be a number, got str",
         "retry.colour: unknown key",
         "fallback.value: give exactly one of value=... or handler=...",

@@ -333,6 +333,7 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
     parameters, open_ended = _signature(cls)
     before = len(problems.items)
     given: dict[str, Any] = {}
+    objects: dict[str, Any] = {}  # callables the program passed itself: used as they are
     bad_data = False
     for key, value in raw.items():
         if not isinstance(key, str):
@@ -348,6 +349,8 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
             bad_data = True  # the layer would only report the key as missing: skip building it
         elif plain is not _UNSET:
             given[key] = plain
+            if callable(value) and not isinstance(value, (str, type)):
+                objects[key] = value
     missing = [
         key
         for key, parameter in parameters.items()
@@ -359,7 +362,9 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
     unresolved = bad_data
     for key in _spec(name).callables:
         value = arguments.get(key)
-        if isinstance(value, str) and _looks_dotted(value):
+        if key in objects:
+            arguments[key] = objects[key]
+        elif isinstance(value, str) and _looks_dotted(value):
             try:
                 check_allowed(value)  # before importing anything it names
                 arguments[key] = _import_dotted(value)
