@@ -363,3 +363,29 @@ def test_the_docs_table_is_these_cases() -> None:
     end = text.index("<!-- hosted-table:end -->")
     table = [line for line in text[start:end].splitlines() if line.startswith("| `")]
     assert table == table_rows()
+
+
+# ------------------------------------------------------------------- QWED's LangChain tools
+
+
+def test_qwed_langchain_tool_guarded_through_its_private_client(
+    qwed_server: QwedApiServer, qwed_api_key: str, fake_clock: FakeClock
+) -> None:
+    from qwed_sdk.langchain import QWEDMathTool
+
+    # No fallback: the tool turns the guard's VerificationFailed into its own error string.
+    strict = Policy.from_dict(
+        {"audited": {"sink": "memory:"}, "retry": {"max_tries": 3, "jitter": "none"}}
+    )
+    tool = QWEDMathTool(api_key=qwed_api_key, base_url=qwed_server.base_url)
+    tool._client = guard_client(tool._client, strict)
+    assert tool._run("2 + 2 = 4").startswith("✅ VERIFIED")
+    refused = tool._run("2 + 2 = 5")
+    assert "not verified after 1 attempt" in refused  # final: not asked again
+    down = QWEDMathTool(api_key=qwed_api_key, base_url=closed_url())
+    down._client = guard_client(down._client, strict)
+    assert "not verified after 3 attempts" in down._run("2 + 2 = 4")
+    assert fake_clock.waits == [1.0, 2.0]
+    records = audit_records(down._client.verify_math)  # the policy's one trail: the last call
+    last = [r for r in records if r["call_id"] == records[-1]["call_id"]]
+    assert [r["outcome"] for r in last if r["event"] == "attempt"] == ["transient"] * 3
