@@ -39,6 +39,7 @@ def test_the_tutorials_are_there_in_reading_order() -> None:
         "03-alerts.ipynb",
         "04-audit.ipynb",
         "05-production-policy.ipynb",
+        "06-hosted-client.ipynb",
     ]
     for current, following in itertools.pairwise(NOTEBOOKS):
         last = _read(current).cells[-1].source
