@@ -49,6 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_demo(
+            client=args.client,
             n=args.n,
             profile=args.profile,
             seed=args.seed,
@@ -66,6 +67,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"qwed-guard demo: error: {exc}", file=sys.stderr)
         return 2
     where = args.base_url or f"simulator, profile {args.profile}, seed {args.seed}"
+    if args.client == "hosted":
+        where = f"hosted, {where}"
     print_summary(summary, f"qwed-guard demo: {summary.calls} questions ({where})")
     return 0
 
@@ -105,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="run the production stack on the embedded simulator")
+    demo.add_argument(
+        "--client",
+        choices=("local", "hosted"),
+        default="local",
+        help="local: QWEDLocal on the LLM (default); hosted: QWEDClient on QWED's own API "
+        "server, started here with the simulator as its LLM (no --base-url)",
+    )
     demo.add_argument("--n", type=int, default=200, help="questions to verify (default 200)")
     demo.add_argument("--profile", default="flaky", help="simulator profile (default flaky)")
     demo.add_argument("--seed", type=int, default=7)
