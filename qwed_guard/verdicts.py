@@ -51,6 +51,7 @@ __all__ = [
     "attestation_summary",
     "diagnose",
     "register_verdict",
+    "unregister_verdict",
 ]
 
 Judge = Callable[[Any], "Outcome | Diagnosis | bool"]
@@ -145,16 +146,35 @@ def register_verdict(
         return Answer(answer(result))
 
     _BY_TYPE[cls] = _Entry(lambda result, _rules, _wire: _user_verdict(judge, result), read)
+    _FOR_CLASS.clear()
+
+
+def unregister_verdict(cls: type) -> None:
+    """Forget a verdict `register_verdict` taught (tests, plug-ins that unload)."""
+    _BY_TYPE.pop(cls, None)
+    _FOR_CLASS.clear()
+
+
+_FOR_CLASS: dict[type, _Entry | None] = {}
+"""Each result class's entry, looked up once (cleared when a verdict is registered)."""
 
 
 def _entry_for(result: Any) -> _Entry | None:
     cls = type(result)
-    if _BY_TYPE:
-        for klass in cls.__mro__:
-            entry = _BY_TYPE.get(klass)
-            if entry is not None:
-                return entry
-    return _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+    try:
+        return _FOR_CLASS[cls]
+    except KeyError:
+        pass
+    entry = None
+    for klass in cls.__mro__:
+        entry = _BY_TYPE.get(klass)
+        if entry is not None:
+            break
+    if entry is None:
+        entry = _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+    if len(_FOR_CLASS) < 4096:  # classes made on the fly must not grow it without end
+        _FOR_CLASS[cls] = entry
+    return entry
 
 
 # ------------------------------------------------------------------------------ QWEDLocal's

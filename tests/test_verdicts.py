@@ -30,7 +30,7 @@ from qwed_guard.clock import FakeClock
 from qwed_guard.outcomes import Diagnosis, parse_retry_after
 from qwed_guard.sim import SimulatedLLM
 from qwed_guard.state import MemoryStore
-from qwed_guard.verdicts import diagnose
+from qwed_guard.verdicts import diagnose, unregister_verdict
 
 # ------------------------------------------------------------------ QWEDLocal, every method
 
@@ -195,9 +195,8 @@ def test_an_unknown_type_fails_closed_until_registered() -> None:
 
         assert (ask().value, ask().verified) == ("mine", True)
     finally:
-        from qwed_guard import verdicts
-
-        verdicts._BY_TYPE.pop(Mine)
+        unregister_verdict(Mine)
+    assert diagnose(Mine(ok=True)).outcome is Outcome.UNVERIFIABLE
 
 
 # ------------------------------------------------------------------------- user verdicts
