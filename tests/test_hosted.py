@@ -389,3 +389,24 @@ def test_qwed_langchain_tool_guarded_through_its_private_client(
     records = audit_records(down._client.verify_math)  # the policy's one trail: the last call
     last = [r for r in records if r["call_id"] == records[-1]["call_id"]]
     assert [r["outcome"] for r in last if r["event"] == "attempt"] == ["transient"] * 3
+
+
+def test_refused_hosted_answers_reach_the_alerter(
+    qwed_server: QwedApiServer, qwed_api_key: str, fake_clock: FakeClock
+) -> None:
+    alerting = Policy.from_dict(
+        {
+            "fallback": {"value": None},
+            "alert_on_failures": {"threshold": 2, "notify": []},
+            "retry": {"max_tries": 2},
+        }
+    )
+    with QWEDClient(api_key=qwed_api_key, base_url=qwed_server.base_url) as raw:
+        client = guard_client(raw, alerting)
+        assert client.verify_math("2 + 2 = 4").verified
+        for _ in range(2):
+            assert client.verify_sql("DROP TABLE users", SCHEMA).verified is False
+    alerts = client.verify_sql.alerts
+    assert [a.kind for a in alerts] == ["triggered"]
+    assert alerts[0].outcome is Outcome.REFUTED
+    assert list(client.verify_math.alerts) == []  # its own state: one method, one streak
