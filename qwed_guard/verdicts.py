@@ -192,10 +192,22 @@ def _local_final(result: Any, rules: VerdictRules) -> bool:
     return False
 
 
+def _contradicted(admission: Any) -> Diagnosis | None:
+    """A `verified=True` that QWED's own admission contradicts: the admission wins."""
+    if admission is None or admission == "ADMIT":
+        return None
+    why = f"verified is True but QWED's admission is {admission!r}"
+    return Diagnosis(Outcome.UNVERIFIABLE, why, final=True)
+
+
 def _judge_local(result: Any, rules: VerdictRules, wire: WireFailure | None) -> Diagnosis:
     verified = getattr(result, "verified", None)
     if verified is True:
-        return _VERIFIED
+        evidence = getattr(result, "evidence", None)
+        admission = getattr(result, "admission", None)
+        if admission is None and isinstance(evidence, Mapping):
+            admission = evidence.get("admission")  # QWEDLocal's verify_code keeps it there
+        return _contradicted(admission) or _VERIFIED
     if verified is not False:
         return Diagnosis(
             Outcome.UNVERIFIABLE,
@@ -427,7 +439,7 @@ def _judge_mapping(result: Mapping[str, Any], rules: VerdictRules) -> Diagnosis 
     if "verified" in result:
         verified = result["verified"]
         if verified is True:
-            return _VERIFIED
+            return _contradicted(result.get("admission")) or _VERIFIED
         if verified is not False:
             why = f"'verified' is {type(verified).__name__}, not a bool"
             return Diagnosis(Outcome.UNVERIFIABLE, why, final=True)

@@ -134,6 +134,9 @@ def test_a_deterministic_refusal_is_not_retried_nor_counted(
         ({"verified": "yes"}, Outcome.UNVERIFIABLE),
         ({"verified": 1}, Outcome.UNVERIFIABLE),
         ({"verified": True, "value": 4}, Outcome.VERIFIED),
+        # A verified flag that QWED's own admission contradicts is not verified.
+        ({"verified": True, "admission": "BLOCKED"}, Outcome.UNVERIFIABLE),
+        ({"verified": True, "admission": "ADMIT"}, Outcome.VERIFIED),
         # The flag and QWED's admission rule disagree: the rule wins.
         ({"is_verified": True, "status": "VERIFIED", "admission": "BLOCKED"}, Outcome.UNVERIFIABLE),
         ({"is_verified": False, "status": "VERIFIED", "admission": "BLOCKED"}, Outcome.REFUTED),
@@ -178,6 +181,13 @@ def test_plain_fail_and_the_strict_preset_refuse_a_value_with_no_verdict(
 @dataclass
 class Mine:
     ok: bool
+
+
+def test_a_qwedlocal_result_whose_evidence_blocks_is_not_verified() -> None:
+    forged = VerificationResult(verified=True, value="SAFE", evidence={"admission": "BLOCKED"})
+    assert diagnose(forged).outcome is Outcome.UNVERIFIABLE
+    admitted = VerificationResult(verified=True, value="SAFE", evidence={"admission": "ADMIT"})
+    assert diagnose(admitted).outcome is Outcome.VERIFIED
 
 
 def test_an_unknown_type_fails_closed_until_registered() -> None:
