@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, overload
 
 from qwed_guard import clock
-from qwed_guard.context import ALERT_SENT, BREAKER_CHANGED, CallContext
+from qwed_guard.context import CallContext
 from qwed_guard.errors import QwedGuardError, bad_parameter
-from qwed_guard.layer import Layer, call_diagnosis, guard, record_attempt
+from qwed_guard.hooks import AlertSent, BreakerChanged
+from qwed_guard.layer import CallOutcome, Layer, end_attempt, guard
 from qwed_guard.outcomes import Diagnosis, Outcome, scrub
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
@@ -421,15 +422,17 @@ class Breaker:
         self, ctx: CallContext | None, transition: _Transition, diagnosis: Diagnosis | None
     ) -> None:
         """Report a state change: an event for the audit trail, a log line, maybe an alert."""
-        if ctx is not None:
-            ctx.emit(
-                BREAKER_CHANGED,
-                key=self.key,
-                old=transition.old,
-                new=transition.new,
-                reason=transition.reason,
-                recovery_timeout=self.rules.recovery_timeout,
+        if ctx is not None and ctx.wants(BreakerChanged):
+            event = BreakerChanged(
+                ctx.attempt,
+                clock.wall(),
+                self.key,
+                transition.old,
+                transition.new,
+                transition.reason,
+                self.rules.recovery_timeout,
             )
+            ctx.send(event)
         _log(self.key, transition)
         opened = transition.old is BreakerState.CLOSED and transition.new is BreakerState.OPEN
         # A failed probe re-opens the same outage: one alert when it starts, one when it ends.
@@ -478,8 +481,8 @@ class Breaker:
         )
         assert self._alerts is not None
         self._alerts.append(alert)
-        if ctx is not None:
-            ctx.emit(ALERT_SENT, alert=alert)
+        if ctx is not None and ctx.wants(AlertSent):
+            ctx.send(AlertSent(ctx.attempt, clock.wall(), alert))
         for worker in self._workers:
             worker.submit(alert)
 
@@ -664,20 +667,27 @@ class CircuitBreakerLayer(Layer):
             parts.append("notify=" + ",".join(w.channel.name for w in self._workers))
         return "circuit_breaker(" + "; ".join(parts) + ")"
 
-    def _enter(self, ctx: CallContext) -> _Ticket:
+    def enter(self, ctx: CallContext) -> _Ticket | CallOutcome:
         breaker = self.breaker
         ticket = breaker.admit()
         if ticket.kind == "rejected":
             started = clock.monotonic()  # no call: the attempt takes only this decision
             state = BreakerState.OPEN if ticket.retry_in is not None else BreakerState.HALF_OPEN
             refusal = CircuitOpen(breaker.key, state, ticket.retry_in)
-            record_attempt(ctx, Diagnosis(Outcome.SHORT_CIRCUITED, refusal.error), started, refusal)
-            raise refusal
+            diagnosis = Diagnosis(Outcome.SHORT_CIRCUITED, refusal.error)
+            return end_attempt(ctx, diagnosis, started, None, refusal)
         if ticket.transition is not None:
             breaker.announce(ctx, ticket.transition, None)
         return ticket
 
-    def _exit(self, ctx: CallContext, ticket: _Ticket, diagnosis: Diagnosis | None) -> None:
+    def exit(self, ctx: CallContext, state: _Ticket, outcome: CallOutcome) -> CallOutcome:
+        self._report(ctx, state, outcome.diagnosis)
+        return outcome
+
+    def interrupted(self, ctx: CallContext, state: _Ticket, exc: BaseException) -> None:
+        self._report(ctx, state, None)  # free a probe slot, count nothing
+
+    def _report(self, ctx: CallContext, ticket: _Ticket, diagnosis: Diagnosis | None) -> None:
         failed: bool | None = None
         error: str | None = None
         if diagnosis is not None and diagnosis.outcome is not Outcome.SHORT_CIRCUITED:
@@ -688,32 +698,6 @@ class CircuitBreakerLayer(Layer):
         transition = breaker.report(ticket, failed, error)
         if transition is not None:
             breaker.announce(ctx, transition, diagnosis)
-
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        ticket = self._enter(ctx)
-        try:
-            result = proceed()
-        except Exception as exc:
-            self._exit(ctx, ticket, call_diagnosis(ctx, exc))
-            raise
-        except BaseException:
-            self._exit(ctx, ticket, None)  # interrupted: free a probe slot, count nothing
-            raise
-        self._exit(ctx, ticket, call_diagnosis(ctx))
-        return result
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        ticket = self._enter(ctx)
-        try:
-            result = await proceed()
-        except Exception as exc:
-            self._exit(ctx, ticket, call_diagnosis(ctx, exc))
-            raise
-        except BaseException:
-            self._exit(ctx, ticket, None)  # cancelled: free a probe slot, count nothing
-            raise
-        self._exit(ctx, ticket, call_diagnosis(ctx))
-        return result
 
 
 @overload

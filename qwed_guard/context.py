@@ -1,9 +1,9 @@
 """The per-call context: one value per guarded call, carried by a `contextvars.ContextVar`.
 
-A call enters its outermost layer, which opens the context; every layer below joins it and
-reports what it did as events (attempt started and ended, retry scheduled, fallback used, ...).
-The audit layer turns those events into records; alerts and metrics read the same events.
-Because it lives in a ContextVar, threads and asyncio tasks never share a context.
+A call's wrapper opens the context; every layer of the stack sees it and reports what it did
+as typed events (see `qwed_guard.hooks`) to the call's watchers: the audit trail, metrics,
+traces, a user's hook. Because it lives in a ContextVar, threads and asyncio tasks never share
+a context.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qwed_guard import clock
-from qwed_guard.outcomes import Classifier, Diagnosis, Outcome, WireFailure
+from qwed_guard.hooks import Attempt, Event
+from qwed_guard.outcomes import Classifier, WireFailure
 from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules
 
 if TYPE_CHECKING:
@@ -27,54 +27,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "CallContext",
-    "Event",
     "audit_context",
     "current",
     "current_wire",
 ]
 
-# Event kinds, as every layer and sink spells them.
-ATTEMPT_STARTED = "attempt_started"
-ATTEMPT_ENDED = "attempt_ended"
-RETRY_SCHEDULED = "retry_scheduled"
-GAVE_UP = "gave_up"
-FALLBACK_USED = "fallback_used"
-BREAKER_CHANGED = "breaker_changed"
-ALERT_SENT = "alert_sent"
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One try at the guarded function, as retry and the audit trail report it."""
-
-    number: int
-    outcome: Outcome
-    error: str | None
-    duration: float
-    """Seconds the attempt took."""
-    wait_before: float
-    """Seconds waited before this attempt started (0 for the first)."""
-    status: int | None = None
-    """The HTTP status behind a failure, when the guarded client saw it."""
-    reused: int = 0
-    """HTTP replies the attempt took from an earlier one instead of asking again (the guarded
-    client does that after a transient failure: see `guarded_client(reuse_replies=...)`)."""
-
-
-@dataclass(slots=True)
-class Event:
-    """Something a layer did during a call."""
-
-    kind: str
-    wall: float
-    attempt: int
-    data: Mapping[str, Any]
-
-
 Listener = Callable[[Event], None]
 
 _call_numbers = itertools.count(1)
-_NOTHING_MUTED: frozenset[str] = frozenset()
+_NOTHING_MUTED: frozenset[type] = frozenset()
 _process_tag = ""
 
 
@@ -91,6 +52,8 @@ os.register_at_fork(after_in_child=_reset_process_tag)
 class CallContext:
     """Everything one guarded call accumulates on its way through the layers.
 
+    Hooks receive it when a call starts: read `function`, `call_id`, `args`, `kwargs`,
+    `fields`, `policy_hash`, `started` and `attempts`; the rest belongs to the layers.
     A plain slotted class on purpose: one is made per call, on the success path too.
     """
 
@@ -101,12 +64,12 @@ class CallContext:
         "attempts",
         "classifier",
         "events",
+        "failure",
         "fields",
         "function",
         "in_user_code",
+        "is_async",
         "kwargs",
-        "last",
-        "last_result",
         "listeners",
         "muted",
         "number",
@@ -126,11 +89,13 @@ class CallContext:
         self._call_id: str | None = None
         self.started = clock.monotonic()
         self.listeners: list[Listener] = []
-        self.muted: frozenset[str] = _NOTHING_MUTED
-        """Event kinds none of the current listeners wants (not even built for them): set by
-        a listener that ignores them, cleared by whoever adds a listener that wants them."""
+        """This call's watchers (see `qwed_guard.hooks`)."""
+        self.muted: frozenset[type] = _NOTHING_MUTED
+        """Event types no watcher of this call wants: not even built."""
         self.events: list[Event] | None = None
         """Every event of the call, kept only after `keep_events()` (tests, debugging)."""
+        self.failure: BaseException | None = None
+        """An `AuditError` a watcher raised: the call fails closed when it ends."""
         self.attempts: list[Attempt] = []
         self.fields: dict[str, Any] = {}
         """Extra audit fields: `audit_context(...)` values and decorator-given context."""
@@ -139,13 +104,11 @@ class CallContext:
         self.wait_before = 0.0
         self.wire: WireFailure | None = None
         """The last failing HTTP response of the current attempt, recorded by the client."""
-        self.last: Diagnosis | None = None
-        """How the last attempt ended."""
-        self.last_result: Any = None
         self.classifier: Classifier | None = None
         self.policy_hash: str | None = None
         self.in_user_code = False
         """True while the wrapped function runs: a guarded call made inside it is its own."""
+        self.is_async = False
         self.replies: CallReplies | None = None
         """What the guarded client keeps of this call's HTTP replies, for its next attempts."""
         self.rules: VerdictRules = DEFAULT_RULES
@@ -164,37 +127,57 @@ class CallContext:
             self.events = []
         return self.events
 
-    def emit(self, kind: str, **data: Any) -> None:
-        """Report an event to every listener (the audit trail, metrics) at once.
+    def wants(self, kind: type) -> bool:
+        """Whether an event of this type has anyone to receive it (build it only then)."""
+        return (bool(self.listeners) and kind not in self.muted) or self.events is not None
 
-        Nothing is built when nobody listens: most calls are unaudited successes.
-        """
-        if (self.listeners and kind not in self.muted) or self.events is not None:
-            event = Event(kind, clock.wall(), self.attempt, data)
-            if self.events is not None:
-                self.events.append(event)
-            for listener in self.listeners:
+    def send(self, event: Event) -> None:
+        """Hand `event` to every watcher of the call; a watcher's error never breaks it."""
+        if self.events is not None:
+            self.events.append(event)
+        for listener in self.listeners:
+            try:
                 listener(event)
+            except Exception as exc:
+                hook_failed(self, listener, exc)
 
 
-_current: ContextVar[CallContext | None] = ContextVar("qwed_guard_call", default=None)
+def hook_failed(ctx: CallContext, listener: Any, exc: Exception) -> None:
+    """Log a hook's error (scrubbed); an `AuditError` fails the call closed instead."""
+    from qwed_guard.errors import AuditError
+
+    if isinstance(exc, AuditError):
+        # The audit trail's promise: the call fails closed, once it has ended.
+        if ctx.failure is None:
+            ctx.failure = exc
+        return
+    from loguru import logger
+
+    from qwed_guard.redact import scrub
+
+    name = getattr(listener, "__qualname__", type(listener).__qualname__)
+    logger.error("{}", scrub(f"qwed_guard hook {name} failed: {type(exc).__name__}: {exc}"))
+
+
+CURRENT: ContextVar[CallContext | None] = ContextVar("qwed_guard_call", default=None)
+"""The call running in this thread or task; set by the wrapper that opened it."""
 _extra_fields: ContextVar[Mapping[str, Any] | None] = ContextVar("qwed_guard_fields", default=None)
 
 
 def current() -> CallContext | None:
     """The context of the guarded call running in this thread or task, if any."""
-    return _current.get()
+    return CURRENT.get()
 
 
 def current_wire() -> WireFailure | None:
     """The failing response recorded for the attempt running now, if any."""
-    ctx = _current.get()
+    ctx = CURRENT.get()
     return ctx.wire if ctx is not None else None
 
 
 def record_wire(failure: WireFailure) -> None:
     """Called by the guarded client's response hook for every failing HTTP response."""
-    ctx = _current.get()
+    ctx = CURRENT.get()
     if ctx is not None:
         ctx.wire = failure
 

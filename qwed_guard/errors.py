@@ -9,7 +9,7 @@ from qwed_guard.outcomes import Outcome
 from qwed_guard.redact import scrub
 
 if TYPE_CHECKING:
-    from qwed_guard.context import Attempt
+    from qwed_guard.hooks import Attempt
 
 __all__ = [
     "AuditError",

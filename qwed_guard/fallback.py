@@ -7,19 +7,21 @@ not pass the symbolic check, whatever it is.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, ParamSpec, overload
 
-from qwed_guard.context import FALLBACK_USED, CallContext
+from qwed_guard import clock
+from qwed_guard.context import CallContext
 from qwed_guard.errors import (
     AuditError,
     FallbackError,
     PolicyError,
-    VerificationFailed,
     bad_parameter,
 )
-from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.hooks import FallbackUsed
+from qwed_guard.layer import CallOutcome, Deferred, Layer, guard, outcome_of
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules
 
@@ -139,17 +141,13 @@ class FallbackLayer(Layer):
             result=result,
         )
 
-    def _failure(
-        self, ctx: CallContext, diagnosis: Diagnosis, result: Any, exc: BaseException | None
-    ) -> Failure:
-        if isinstance(exc, VerificationFailed):
-            result = exc.last_result
-        return Failure(diagnosis.outcome, diagnosis.error, max(len(ctx.attempts), 1), exc, result)
-
-    def _labelled(self, ctx: CallContext, failure: Failure, value: Any) -> GuardedResult:
+    def _labelled(
+        self, ctx: CallContext, failure: Failure, value: Any, diagnosis: Diagnosis
+    ) -> CallOutcome:
         reason = failure.outcome.value + (f": {failure.error}" if failure.error else "")
-        ctx.emit(FALLBACK_USED, value=value, reason=reason, outcome=failure.outcome)
-        return GuardedResult(
+        if ctx.wants(FallbackUsed):
+            ctx.send(FallbackUsed(ctx.attempt, clock.wall(), value, reason, failure.outcome))
+        labelled = GuardedResult(
             verified=False,
             value=value,
             confidence=0.0,
@@ -161,57 +159,57 @@ class FallbackLayer(Layer):
             outcome=failure.outcome,
             result=failure.result if not isinstance(failure.result, BaseException) else None,
         )
+        # The diagnosis stays the failure's: layers outside see that the call was not verified.
+        return CallOutcome(diagnosis, labelled, None)
 
-    def _handler_error(self, error: Exception) -> FallbackError:
+    def _handler_failed(self, error: Exception) -> CallOutcome:
         name = getattr(self.handler, "__qualname__", repr(self.handler))
-        return FallbackError(f"fallback handler {name} raised {type(error).__name__}: {error}")
+        failed = FallbackError(f"fallback handler {name} raised {type(error).__name__}: {error}")
+        failed.__cause__ = error
+        return outcome_of(failed)
 
-    def _split(self, ctx: CallContext, result: Any, exc: Exception | None) -> Diagnosis:
-        if exc is not None and isinstance(exc, _NEVER_FALL_BACK):
-            raise exc
-        return call_diagnosis(ctx, exc)
-
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        exc: Exception | None = None
-        result: Any = None
-        try:
-            result = proceed()
-        except Exception as error:
-            exc = error
-        diagnosis = self._split(ctx, result, exc)
-        if exc is None and diagnosis.outcome in ANSWERED:
-            return self._answered(ctx, result, diagnosis.outcome)
-        failure = self._failure(ctx, diagnosis, result, exc)
-        if self.handler is None:
-            return self._labelled(ctx, failure, self.value)
+    def exit(self, ctx: CallContext, state: None, outcome: CallOutcome) -> CallOutcome | Deferred:
+        exc = outcome.exception
+        diagnosis = outcome.diagnosis
+        if exc is None:
+            if diagnosis.outcome in ANSWERED:
+                return outcome._replace(
+                    result=self._answered(ctx, outcome.result, diagnosis.outcome)
+                )
+        elif isinstance(exc, _NEVER_FALL_BACK):
+            return outcome
+        failure = Failure(
+            diagnosis.outcome, diagnosis.error, max(len(ctx.attempts), 1), exc, outcome.result
+        )
+        handler = self.handler
+        if handler is None:
+            return self._labelled(ctx, failure, self.value, diagnosis)
         if self._handler_is_async:
-            raise FallbackError("an async fallback handler needs an async guarded function")
+            if not ctx.is_async:
+                return outcome_of(
+                    FallbackError("an async fallback handler needs an async guarded function")
+                )
+            return Deferred(
+                partial(handler, failure, *ctx.args, **ctx.kwargs),
+                partial(self._settle, ctx, failure, diagnosis),
+            )
         try:
-            value = self.handler(failure, *ctx.args, **ctx.kwargs)
+            value = handler(failure, *ctx.args, **ctx.kwargs)
         except Exception as error:
-            raise self._handler_error(error) from error
-        return self._labelled(ctx, failure, value)
+            return self._handler_failed(error)
+        return self._labelled(ctx, failure, value, diagnosis)
 
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        exc: Exception | None = None
-        result: Any = None
-        try:
-            result = await proceed()
-        except Exception as error:
-            exc = error
-        diagnosis = self._split(ctx, result, exc)
-        if exc is None and diagnosis.outcome in ANSWERED:
-            return self._answered(ctx, result, diagnosis.outcome)
-        failure = self._failure(ctx, diagnosis, result, exc)
-        if self.handler is None:
-            return self._labelled(ctx, failure, self.value)
-        try:
-            value = self.handler(failure, *ctx.args, **ctx.kwargs)
-            if self._handler_is_async:
-                value = await value
-        except Exception as error:
-            raise self._handler_error(error) from error
-        return self._labelled(ctx, failure, value)
+    def _settle(
+        self,
+        ctx: CallContext,
+        failure: Failure,
+        diagnosis: Diagnosis,
+        value: Any,
+        error: Exception | None,
+    ) -> CallOutcome:
+        if error is not None:
+            return self._handler_failed(error)
+        return self._labelled(ctx, failure, value, diagnosis)
 
 
 class _FallbackDecorator:

@@ -1,14 +1,20 @@
-"""How a pattern becomes a decorator: one `Layer` per pattern, one wrapper type for all.
+"""How a pattern becomes a decorator: one `Layer` per pattern, one wrapper and one driver for all.
 
-Each decorator builds a `Layer` and wraps the function in a `GuardedFunction` (a wrapt
-FunctionWrapper, so signatures, methods and introspection keep working). The outermost layer of a
-stack opens the call's context; the innermost one runs the attempt and reports it. Layers in
-between only see `proceed()`, the rest of the stack.
+A call's outcome is a value. The innermost step runs the function once and turns what it did
+into a `CallOutcome` (diagnosis, result or exception); every layer, on the way back up, receives
+that value and returns one: the same, a substitute (a fallback), or a wait after which the
+layers inside it run again (a retry). Nothing travels on the side, and nothing is judged twice.
+
+A layer is three methods the drivers call, written once for sync and async: `enter` (before
+the rest of the stack runs; it may stop the call with an outcome of its own), `exit` (after)
+and `interrupted` (a KeyboardInterrupt or a cancellation passes through). The sync and the
+async driver differ only in how they wait and await. Layers that only watch (the audit trail,
+`@observed` hooks) are not steps at all: they are hooks started when the call starts.
 """
 
 from __future__ import annotations
 
-import abc
+import asyncio
 import contextlib
 import copy
 import inspect
@@ -16,41 +22,101 @@ import itertools
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import wrapt
 
 from qwed_guard import clock
-from qwed_guard.context import (
-    ATTEMPT_ENDED,
-    ATTEMPT_STARTED,
-    Attempt,
-    CallContext,
-    _current,
-    open_call,
-)
+from qwed_guard.context import CURRENT, CallContext, hook_failed, open_call
 from qwed_guard.errors import bad_parameter
+from qwed_guard.hooks import (
+    Attempt,
+    AttemptEnded,
+    AttemptStarted,
+    CallEnded,
+    Hook,
+    process_hooks,
+)
 from qwed_guard.outcomes import Diagnosis, Outcome
 from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules, diagnose, prefetch_keys
+
+__all__ = [
+    "CallOutcome",
+    "Deferred",
+    "GuardedFunction",
+    "Layer",
+    "ObserverLayer",
+    "end_attempt",
+    "guard",
+    "observed",
+    "outcome_of",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Layer(abc.ABC):
-    """One pattern's behaviour around a call."""
+class CallOutcome(NamedTuple):
+    """How a call stands: what the last step decided, handed from layer to layer."""
+
+    diagnosis: Diagnosis
+    result: Any
+    """What the caller receives when `exception` is None."""
+    exception: BaseException | None
+    """What the caller receives raised, if anything."""
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.diagnosis.outcome
+
+
+class Deferred(NamedTuple):
+    """An `exit` that must await something (an async fallback handler) before it settles."""
+
+    call: Callable[[], Awaitable[Any]]
+    settle: Callable[[Any, Exception | None], CallOutcome]
+
+
+Step = CallOutcome | float | Deferred
+"""What `exit` returns: the outcome to pass up, seconds to wait before running the layers
+inside again, or an awaitable to settle first."""
+
+
+def outcome_of(exc: Exception) -> CallOutcome:
+    """The outcome of an exception raised by a layer rather than by the function."""
+    carried = getattr(exc, "outcome", None)
+    if isinstance(carried, Outcome):
+        # VerificationFailed, CircuitOpen and AttemptTimeout say how the call ended themselves.
+        error = getattr(exc, "error", None)
+        return CallOutcome(Diagnosis(carried, error if isinstance(error, str) else None), None, exc)
+    return CallOutcome(diagnose(exc), None, exc)
+
+
+class Layer:
+    """One pattern's behaviour around a call. Override what the pattern needs."""
 
     kind: ClassVar[str]
     verdict: VerdictRules | None = None
     """How the stack judges results, when this layer was given `verdict=` (one per stack)."""
+    hooks: tuple[Hook, ...] = ()
+    """An observing layer's hooks: such a layer is not a step, it watches the whole call."""
+    bound: float | None = None
+    """Seconds within which the layers inside must finish (async calls only)."""
 
-    @abc.abstractmethod
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        """Run the rest of the stack (`proceed`) with this pattern around it."""
+    def enter(self, ctx: CallContext) -> Any:
+        """Before the layers inside run. Returns what `exit` is given back, or a
+        `CallOutcome` that ends the call here (the layers inside do not run)."""
+        return None
 
-    @abc.abstractmethod
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        """The same for `async def` functions."""
+    def exit(self, ctx: CallContext, state: Any, outcome: CallOutcome) -> Step:
+        """After the layers inside ran, with how they ended."""
+        return outcome
+
+    def interrupted(self, ctx: CallContext, state: Any, exc: BaseException) -> None:
+        """An interrupt or a cancellation passes through: release, count nothing."""
+
+    def expired(self, ctx: CallContext, state: Any, recorded: int, started: float) -> CallOutcome:
+        """The layers inside ran past `bound` and were cancelled (the layer that set it)."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         """A one-line, human-readable account of this layer and its parameters."""
@@ -69,8 +135,39 @@ class Layer(abc.ABC):
         return self
 
 
-def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, result: Any) -> Attempt:
-    """Report how an attempt ended; also used by layers that end an attempt without a call."""
+class ObserverLayer(Layer):
+    """`@observed(hook, ...)`: the function's calls are watched by these hooks."""
+
+    kind = "observed"
+
+    def __init__(self, hooks: tuple[Hook, ...]) -> None:
+        self.hooks = tuple(hooks)
+
+    def describe(self) -> str:
+        names = [getattr(h, "__qualname__", type(h).__qualname__) for h in self.hooks]
+        return "observed(" + ", ".join(names) + ")"
+
+
+def observed(*hooks: Hook) -> Callable[[F], F]:
+    """Watch every call of the decorated function with `hooks`, wherever it sits in a stack."""
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"a hook is a callable, got {type(hook).__name__}")
+    layer = ObserverLayer(hooks)
+
+    def decorate(fn: F) -> F:
+        return guard(fn, layer)
+
+    return decorate
+
+
+# --- the innermost step: one attempt --------------------------------------------------
+
+
+def end_attempt(
+    ctx: CallContext, diagnosis: Diagnosis, started: float, result: Any, exc: BaseException | None
+) -> CallOutcome:
+    """Record how an attempt ended; also used by layers that end one without a call."""
     attempt = Attempt(
         ctx.attempt,
         diagnosis.outcome,
@@ -81,54 +178,53 @@ def record_attempt(ctx: CallContext, diagnosis: Diagnosis, started: float, resul
         ctx.replies.reused_by(ctx.attempt) if ctx.replies is not None else 0,
     )
     ctx.attempts.append(attempt)
-    ctx.last = diagnosis
-    ctx.last_result = result
     if ctx.listeners or ctx.events is not None:
-        ctx.emit(ATTEMPT_ENDED, record=attempt, result=result, diagnosis=diagnosis)
-    return attempt
+        ended = exc if exc is not None else result
+        ctx.send(AttemptEnded(ctx.attempt, clock.wall(), attempt, ended, diagnosis))
+    return CallOutcome(diagnosis, result, exc)
 
 
-def _diagnose_result(ctx: CallContext, result: Any) -> Diagnosis:
-    return diagnose(result, wire=ctx.wire, classifier=ctx.classifier, rules=ctx.rules)
-
-
-def _run_attempt(
-    ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def _announce_attempt(ctx: CallContext) -> None:
     ctx.wire = None
-    if ctx.events is not None or (ctx.listeners and ATTEMPT_STARTED not in ctx.muted):
-        ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+    if ctx.wants(AttemptStarted):
+        ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
+
+
+def _attempt(
+    ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> CallOutcome:
+    _announce_attempt(ctx)
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
         result = fn(*args, **kwargs)
     except Exception as exc:
         ctx.in_user_code = False
-        record_attempt(ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, exc)
-        raise
+        return end_attempt(
+            ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, None, exc
+        )
     finally:
         ctx.in_user_code = False
-    record_attempt(ctx, _diagnose_result(ctx, result), started, result)
-    return result
+    diagnosis = diagnose(result, wire=ctx.wire, classifier=ctx.classifier, rules=ctx.rules)
+    return end_attempt(ctx, diagnosis, started, result, None)
 
 
-async def _run_attempt_async(
+async def _attempt_async(
     ctx: CallContext,
     fn: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> Any:
-    ctx.wire = None
-    if ctx.events is not None or (ctx.listeners and ATTEMPT_STARTED not in ctx.muted):
-        ctx.emit(ATTEMPT_STARTED, wait_before=ctx.wait_before)
+) -> CallOutcome:
+    _announce_attempt(ctx)
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
         result = await fn(*args, **kwargs)
     except Exception as exc:
         ctx.in_user_code = False
-        record_attempt(ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, exc)
-        raise
+        return end_attempt(
+            ctx, diagnose(exc, wire=ctx.wire, classifier=ctx.classifier), started, None, exc
+        )
     finally:
         ctx.in_user_code = False
     rules = ctx.rules
@@ -136,29 +232,164 @@ async def _run_attempt_async(
         # The keys are fetched here, awaited, so the verdict below never blocks the loop.
         keys = await prefetch_keys(rules)
         if isinstance(keys, Diagnosis):
-            record_attempt(ctx, keys, started, result)
-            return result
-    record_attempt(ctx, _diagnose_result(ctx, result), started, result)
-    return result
+            return end_attempt(ctx, keys, started, result, None)
+    diagnosis = diagnose(result, wire=ctx.wire, classifier=ctx.classifier, rules=rules)
+    return end_attempt(ctx, diagnosis, started, result, None)
 
 
-_NOTHING_JUDGED = Diagnosis(Outcome.UNVERIFIABLE, "no attempt was judged")
+# --- the drivers ----------------------------------------------------------------------
+
+Steps = tuple[tuple[Layer, "str | None"], ...]
+"""The layers a call runs through, outermost first, each with the policy hash it stamps."""
 
 
-def call_diagnosis(ctx: CallContext, exc: BaseException | None = None) -> Diagnosis:
-    """How the call ended so far: the last attempt's diagnosis, or the exception's own."""
-    last = ctx.last
-    if exc is None:
-        # No attempt recorded means nothing was judged: never report that as verified.
-        return last if last is not None else _NOTHING_JUDGED
-    carried = getattr(exc, "outcome", None)
-    if isinstance(carried, Outcome):
-        # VerificationFailed and the breaker's CircuitOpen say how the call ended themselves.
-        error = getattr(exc, "error", None)
-        return Diagnosis(carried, error if isinstance(error, str) else None)
-    if last is not None and last.outcome is not Outcome.VERIFIED and ctx.last_result is exc:
-        return last
-    return diagnose(exc)
+def _run(
+    steps: Steps,
+    depth: int,
+    ctx: CallContext,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> CallOutcome:
+    if depth == len(steps):
+        return _attempt(ctx, fn, args, kwargs)
+    layer, policy_hash = steps[depth]
+    if policy_hash is not None:
+        ctx.policy_hash = policy_hash
+    try:
+        state = layer.enter(ctx)
+    except Exception as exc:
+        return outcome_of(exc)
+    if type(state) is CallOutcome:
+        return state
+    try:
+        while True:
+            inner = _run(steps, depth + 1, ctx, fn, args, kwargs)
+            try:
+                step = layer.exit(ctx, state, inner)
+            except Exception as exc:
+                return outcome_of(exc)
+            if type(step) is CallOutcome:
+                return step
+            if type(step) is float:
+                clock.active().sleep(step)
+                continue
+            raise TypeError(f"{layer.kind}.exit returned {step!r} in a synchronous call")
+    except BaseException as exc:
+        layer.interrupted(ctx, state, exc)
+        raise
+
+
+async def _run_async(
+    steps: Steps,
+    depth: int,
+    ctx: CallContext,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> CallOutcome:
+    if depth == len(steps):
+        return await _attempt_async(ctx, fn, args, kwargs)
+    layer, policy_hash = steps[depth]
+    if policy_hash is not None:
+        ctx.policy_hash = policy_hash
+    try:
+        state = layer.enter(ctx)
+    except Exception as exc:
+        return outcome_of(exc)
+    if type(state) is CallOutcome:
+        return state
+    try:
+        while True:
+            if layer.bound is None:
+                inner = await _run_async(steps, depth + 1, ctx, fn, args, kwargs)
+            else:
+                inner = await _bounded(layer, state, steps, depth, ctx, fn, args, kwargs)
+            try:
+                step = layer.exit(ctx, state, inner)
+                if type(step) is Deferred:
+                    step = await _settle(step)
+            except Exception as exc:
+                return outcome_of(exc)
+            if type(step) is CallOutcome:
+                return step
+            if type(step) is float:
+                await clock.active().asleep(step)
+                continue
+            raise TypeError(f"{layer.kind}.exit returned {step!r}")
+    except BaseException as exc:
+        layer.interrupted(ctx, state, exc)
+        raise
+
+
+async def _settle(deferred: Deferred) -> CallOutcome:
+    try:
+        value = await deferred.call()
+    except Exception as exc:
+        return deferred.settle(None, exc)
+    return deferred.settle(value, None)
+
+
+async def _bounded(
+    layer: Layer,
+    state: Any,
+    steps: Steps,
+    depth: int,
+    ctx: CallContext,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> CallOutcome:
+    recorded = len(ctx.attempts)
+    started = clock.monotonic()
+    timer = asyncio.timeout(layer.bound)
+    try:
+        async with timer:
+            return await _run_async(steps, depth + 1, ctx, fn, args, kwargs)
+    except TimeoutError as exc:
+        if not timer.expired():
+            raise
+        outcome = layer.expired(ctx, state, recorded, started)
+        if outcome.exception is not None:
+            outcome.exception.__cause__ = exc
+        return outcome
+
+
+def _deliver(outcome: CallOutcome) -> Any:
+    exc = outcome.exception
+    if exc is not None:
+        raise exc
+    return outcome.result
+
+
+def _watch(ctx: CallContext, hooks: tuple[Hook, ...]) -> None:
+    """Start the call's watchers; nothing any of them ignores will be built."""
+    muted: frozenset[type] | None = None
+    for hook in hooks:
+        try:
+            watcher = hook(ctx)
+        except Exception as exc:
+            hook_failed(ctx, hook, exc)
+            continue
+        if watcher is None:
+            continue
+        ctx.listeners.append(watcher)
+        ignores: frozenset[type] = getattr(watcher, "ignores", frozenset())
+        muted = ignores if muted is None else muted & ignores
+    if muted:
+        ctx.muted = muted
+
+
+def _end(ctx: CallContext, outcome: CallOutcome) -> None:
+    ctx.send(
+        CallEnded(ctx.attempt, clock.wall(), outcome.diagnosis, outcome.result, outcome.exception)
+    )
+
+
+def _interrupted(ctx: CallContext, exc: BaseException) -> None:
+    """A call cut short still ends for its watchers (the audit trail records it)."""
+    if ctx.listeners or ctx.events is not None:
+        _end(ctx, CallOutcome(diagnose(exc), None, exc))
 
 
 def _function_name(fn: Callable[..., Any]) -> str:
@@ -194,7 +425,7 @@ def _state_key(fn: Callable[..., Any], name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _chain_rules(chain: Chain) -> VerdictRules:
+def _chain_rules(chain: tuple[tuple[Layer, str | None], ...]) -> VerdictRules:
     """The one set of verdict rules a stack runs with (`verdict=` given once, or the defaults)."""
     found = [layer.verdict for layer, _ in chain if layer.verdict is not None]
     if any(rules != found[0] for rules in found[1:]):
@@ -206,52 +437,35 @@ Chain = tuple[tuple[Layer, "str | None"], ...]
 """A function's layers, outermost first, each with the policy hash it stamps (if any)."""
 
 
-def _stamped(layer: Layer, policy_hash: str, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-    ctx.policy_hash = policy_hash
-    return layer.around(ctx, proceed)
-
-
-def _stamped_async(
-    layer: Layer, policy_hash: str, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]
-) -> Awaitable[Any]:
-    ctx.policy_hash = policy_hash
-    return layer.around_async(ctx, proceed)
-
-
-def _links(
-    chain: Chain, is_async: bool
-) -> tuple[tuple[Callable[..., Any], str | None, Layer], ...]:
-    """Each layer's entry point, innermost first, as a call's `proceed` chain is built."""
-    links: list[tuple[Callable[..., Any], str | None, Layer]] = []
-    for layer, policy_hash in reversed(chain):
-        links.append((layer.around_async if is_async else layer.around, policy_hash, layer))
-    return tuple(links)
-
-
 def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any]:
     """One wrapper that runs every layer of `chain` around the function.
 
-    A stack of decorators collapses into this single wrapper: the layers see the same
-    `proceed()` as if each had its own, but a call pays for one wrapper, not one per layer.
-    The `proceed` of each layer is a `functools.partial`, made per call (it carries the call).
+    A stack of decorators collapses into this single wrapper: a call pays for one wrapper
+    and one driver, not one per layer. Observing layers become the call's hooks.
     """
-    links = _links(chain, is_async)
     rules = _chain_rules(chain)
-    run = _run_attempt_async if is_async else _run_attempt
-    stamped = _stamped_async if is_async else _stamped
-    outer_around, outer_hash, _ = links[-1]
-    inner = links[:-1]
+    steps: Steps = tuple((layer, h) for layer, h in chain if not layer.hooks)
+    own_hooks = tuple(hook for layer, _ in chain for hook in layer.hooks)
+    outer_hash = chain[0][1]
 
-    def build(
-        ctx: CallContext, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
-    ) -> Callable[[], Any]:
-        proceed: Callable[[], Any] = partial(run, ctx, wrapped, args, kwargs)
-        for around, policy_hash, layer in inner:
-            if policy_hash is None:
-                proceed = partial(around, ctx, proceed)
-            else:
-                proceed = partial(stamped, layer, policy_hash, ctx, proceed)
-        return proceed
+    def open_(wrapped_args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallContext:
+        # The context sees the arguments as the caller wrote them, `self` included.
+        ctx = open_call(name, wrapped_args, kwargs)
+        ctx.rules = rules
+        ctx.is_async = is_async
+        if outer_hash is not None:
+            ctx.policy_hash = outer_hash
+        hooks = own_hooks + process_hooks() if own_hooks else process_hooks()
+        if hooks:
+            _watch(ctx, hooks)
+        return ctx
+
+    def close(ctx: CallContext, outcome: CallOutcome) -> Any:
+        if ctx.listeners or ctx.events is not None:
+            _end(ctx, outcome)
+            if ctx.failure is not None:
+                raise ctx.failure  # the audit trail could not record the call: fail closed
+        return _deliver(outcome)
 
     if is_async:
 
@@ -261,41 +475,41 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            ctx = _current.get()
-            owner = ctx is None or ctx.in_user_code
-            if owner:
-                ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
-                token = _current.set(ctx)
-            assert ctx is not None
-            ctx.rules = rules
-            if outer_hash is not None:
-                ctx.policy_hash = outer_hash
+            ctx = CURRENT.get()
+            if ctx is not None and not ctx.in_user_code:
+                # Called by a layer of another guarded call: run as part of it.
+                ctx.rules = rules
+                return _deliver(await _run_async(steps, 0, ctx, wrapped, args, kwargs))
+            ctx = open_(args if instance is None else (instance, *args), kwargs)
+            token = CURRENT.set(ctx)
             try:
-                return await outer_around(ctx, build(ctx, wrapped, args, kwargs))
+                outcome = await _run_async(steps, 0, ctx, wrapped, args, kwargs)
+            except BaseException as exc:
+                _interrupted(ctx, exc)
+                raise
             finally:
-                if owner:
-                    _current.reset(token)
+                CURRENT.reset(token)
+            return close(ctx, outcome)
 
         return async_wrapper
 
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        ctx = _current.get()
-        owner = ctx is None or ctx.in_user_code
-        if owner:
-            # The context sees the arguments as the caller wrote them, `self` included.
-            ctx = open_call(name, args if instance is None else (instance, *args), kwargs)
-            token = _current.set(ctx)
-        assert ctx is not None
-        ctx.rules = rules
-        if outer_hash is not None:
-            ctx.policy_hash = outer_hash
+        ctx = CURRENT.get()
+        if ctx is not None and not ctx.in_user_code:
+            ctx.rules = rules
+            return _deliver(_run(steps, 0, ctx, wrapped, args, kwargs))
+        ctx = open_(args if instance is None else (instance, *args), kwargs)
+        token = CURRENT.set(ctx)
         try:
-            return outer_around(ctx, build(ctx, wrapped, args, kwargs))
+            outcome = _run(steps, 0, ctx, wrapped, args, kwargs)
+        except BaseException as exc:
+            _interrupted(ctx, exc)
+            raise
         finally:
-            if owner:
-                _current.reset(token)
+            CURRENT.reset(token)
+        return close(ctx, outcome)
 
     return wrapper
 

@@ -9,15 +9,16 @@ backoff's wait generators and jitter compute the schedule; the loop is ours.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Collection, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Any, TypeVar, overload
 
 import backoff
 
 from qwed_guard import clock
-from qwed_guard.context import GAVE_UP, RETRY_SCHEDULED, CallContext
+from qwed_guard.context import CallContext
 from qwed_guard.errors import VerificationFailed, bad_parameter
-from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.hooks import GaveUp, RetryScheduled
+from qwed_guard.layer import CallOutcome, Layer, guard
 from qwed_guard.outcomes import ANSWERED, Classifier, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
@@ -180,7 +181,7 @@ class RetryLayer(Layer):
         waits = self._waits()
         return [float(next(waits)) for _ in range(self.max_tries - 1)]
 
-    # The loop, written once as a step function both the sync and async paths drive.
+    # The loop: `exit` looks at each attempt's outcome and says "done" or "wait, then again".
     def _next_wait(
         self,
         ctx: CallContext,
@@ -208,85 +209,64 @@ class RetryLayer(Layer):
             wait = min(max(wait, 0.0), self.max_delay)
         if deadline is not None and clock.monotonic() + wait > deadline:
             return f"max_time={self.max_time:g} s would pass before the next attempt"
-        return wait
+        return float(wait)
 
-    def _give_up(
-        self, ctx: CallContext, reason: str, result: Any, exc: BaseException | None
-    ) -> VerificationFailed:
-        ctx.emit(GAVE_UP, reason=reason, attempts=len(ctx.attempts))
+    def _give_up(self, ctx: CallContext, reason: str, outcome: CallOutcome) -> CallOutcome:
+        if ctx.wants(GaveUp):
+            ctx.send(GaveUp(ctx.attempt, clock.wall(), reason, len(ctx.attempts)))
         failure = VerificationFailed(
             ctx.function,
             ctx.attempts,
-            last_result=result,
-            last_exception=exc,
+            last_result=outcome.result,
+            last_exception=outcome.exception,
             reason=reason,
         )
-        return failure
+        failure.__cause__ = outcome.exception
+        return CallOutcome(outcome.diagnosis, outcome.result, failure)
 
-    def _begin(self, ctx: CallContext) -> tuple[float | None, Classifier | None]:
-        deadline = None if self.max_time is None else clock.monotonic() + self.max_time
-        previous = ctx.classifier
+    def enter(self, ctx: CallContext) -> _Run:
+        run = _Run(
+            None if self.max_time is None else clock.monotonic() + self.max_time, ctx.classifier
+        )
         if self.classifier is not None:
             ctx.classifier = self.classifier
         ctx.attempt = 1
         ctx.wait_before = 0.0
-        return deadline, previous
+        return run
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        deadline, previous_classifier = self._begin(ctx)
-        waits: Generator[float, None, None] | None = None
-        reasks = 0
-        try:
-            while True:
-                exc: Exception | None = None
-                result: Any = None
-                try:
-                    result = proceed()
-                except Exception as error:
-                    exc = error
-                diagnosis = call_diagnosis(ctx, exc)
-                if exc is None and diagnosis.outcome in ANSWERED:
-                    return result
-                reasks += diagnosis.outcome in _REASKS
-                if waits is None:
-                    waits = self._waits()  # made on the first failure only
-                step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
-                if isinstance(step, str):
-                    raise self._give_up(ctx, step, result, exc) from exc
-                ctx.emit(RETRY_SCHEDULED, wait=step, outcome=diagnosis.outcome)
-                clock.active().sleep(step)
-                ctx.attempt += 1
-                ctx.wait_before = step
-        finally:
-            ctx.classifier = previous_classifier
+    def exit(self, ctx: CallContext, state: _Run, outcome: CallOutcome) -> CallOutcome | float:
+        diagnosis = outcome.diagnosis
+        if outcome.exception is None and diagnosis.outcome in ANSWERED:
+            ctx.classifier = state.classifier
+            return outcome
+        state.reasks += diagnosis.outcome in _REASKS
+        if state.waits is None:
+            state.waits = self._waits()  # made on the first failure only
+        step = self._next_wait(ctx, diagnosis, state.waits, state.reasks, state.deadline)
+        if isinstance(step, str):
+            ctx.classifier = state.classifier
+            return self._give_up(ctx, step, outcome)
+        if ctx.wants(RetryScheduled):
+            ctx.send(RetryScheduled(ctx.attempt, clock.wall(), step, diagnosis.outcome))
+        ctx.attempt += 1
+        ctx.wait_before = step
+        return step
 
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        deadline, previous_classifier = self._begin(ctx)
-        waits: Generator[float, None, None] | None = None
-        reasks = 0
-        try:
-            while True:
-                exc: Exception | None = None
-                result: Any = None
-                try:
-                    result = await proceed()
-                except Exception as error:
-                    exc = error
-                diagnosis = call_diagnosis(ctx, exc)
-                if exc is None and diagnosis.outcome in ANSWERED:
-                    return result
-                reasks += diagnosis.outcome in _REASKS
-                if waits is None:
-                    waits = self._waits()  # made on the first failure only
-                step = self._next_wait(ctx, diagnosis, waits, reasks, deadline)
-                if isinstance(step, str):
-                    raise self._give_up(ctx, step, result, exc) from exc
-                ctx.emit(RETRY_SCHEDULED, wait=step, outcome=diagnosis.outcome)
-                await clock.active().asleep(step)
-                ctx.attempt += 1
-                ctx.wait_before = step
-        finally:
-            ctx.classifier = previous_classifier
+    def interrupted(self, ctx: CallContext, state: _Run, exc: BaseException) -> None:
+        ctx.classifier = state.classifier
+
+
+class _Run:
+    """One call's progress through the retry loop."""
+
+    __slots__ = ("classifier", "deadline", "reasks", "waits")
+
+    def __init__(self, deadline: float | None, classifier: Classifier | None) -> None:
+        self.deadline = deadline
+        self.classifier = classifier
+        """The classifier to restore when the call leaves the loop."""
+        self.reasks = 0
+        self.waits: Generator[float, None, None] | None = None
 
 
 @overload

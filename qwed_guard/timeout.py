@@ -17,15 +17,13 @@ hands the timeout to QWEDLocal and `openai.OpenAI` with the SDK's own retries of
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from qwed_guard import clock
 from qwed_guard.context import CallContext
 from qwed_guard.errors import QwedGuardError, bad_parameter
-from qwed_guard.layer import Layer, guard, record_attempt
+from qwed_guard.layer import CallOutcome, Layer, end_attempt, guard, outcome_of
 from qwed_guard.outcomes import Diagnosis, Outcome
 
 __all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "attempt_timeout"]
@@ -59,6 +57,7 @@ class AttemptTimeoutLayer(Layer):
         if not seconds <= 86400:  # NaN too; longer waits overflow asyncio's timers
             raise bad_parameter("seconds", f"must be at most 86400, got {seconds}")
         self.seconds = float(seconds)
+        self.bound = self.seconds
 
     def describe(self) -> str:
         return f"attempt_timeout(seconds={self.seconds:g})"
@@ -72,25 +71,12 @@ class AttemptTimeoutLayer(Layer):
             )
         return self
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        # `bind` refuses synchronous functions, so no sync call ever gets here.
-        raise TypeError("attempt_timeout only bounds async def functions")
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        recorded = len(ctx.attempts)
-        started = clock.monotonic()
-        timer = asyncio.timeout(self.seconds)
-        try:
-            async with timer:
-                return await proceed()
-        except TimeoutError as exc:
-            if not timer.expired():
-                raise  # the function's own TimeoutError, classified as usual
-            error = AttemptTimeout(self.seconds)
-            if len(ctx.attempts) == recorded:
-                # The cancelled attempt never reported its end; report it here.
-                record_attempt(ctx, Diagnosis(Outcome.TRANSIENT, error.error), started, error)
-            raise error from exc
+    def expired(self, ctx: CallContext, state: Any, recorded: int, started: float) -> CallOutcome:
+        error = AttemptTimeout(self.seconds)
+        if len(ctx.attempts) == recorded:
+            # The cancelled attempt never reported its end; report it here.
+            return end_attempt(ctx, Diagnosis(Outcome.TRANSIENT, error.error), started, None, error)
+        return outcome_of(error)
 
 
 def attempt_timeout(seconds: float) -> Callable[[F], F]:

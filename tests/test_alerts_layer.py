@@ -15,9 +15,10 @@ from qwed_guard.alerts import Alert, AlertLayer, alert_on_failures
 from qwed_guard.alerts.delivery import shutdown
 from qwed_guard.alerts.layer import DEFAULT_STORE, Rules, decide
 from qwed_guard.clock import FakeClock
-from qwed_guard.context import ALERT_SENT, CallContext, Event
+from qwed_guard.context import CallContext
 from qwed_guard.errors import ParameterError, VerificationFailed
 from qwed_guard.fallback import fallback
+from qwed_guard.hooks import AlertSent, Event
 from qwed_guard.layer import Layer
 from qwed_guard.outcomes import Outcome
 from qwed_guard.retry import retry
@@ -341,25 +342,20 @@ def test_a_second_layer_on_the_same_store_continues_the_count() -> None:
 def test_alerts_are_events_on_the_call_context(fake_clock: FakeClock) -> None:
     seen: list[Event] = []
 
-    class Listen(Layer):
-        kind = "listen"
+    class Stamp(Layer):
+        kind = "stamp"
 
-        def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-            ctx.listeners.append(seen.append)
+        def enter(self, ctx: CallContext) -> None:
             ctx.policy_hash = "ph-123"
-            return proceed()
 
-        async def around_async(self, ctx: CallContext, proceed: Any) -> Any:
-            raise NotImplementedError
-
-    from qwed_guard.layer import guard
+    from qwed_guard.layer import guard, observed
 
     verify, _ = alerting(threshold=1, notify=[])
-    listened = guard(verify, Listen())
+    listened = observed(lambda ctx: seen.append)(guard(verify, Stamp()))
     listened(DOWN)
-    sent = [event for event in seen if event.kind == ALERT_SENT]
+    sent = [event for event in seen if isinstance(event, AlertSent)]
     assert len(sent) == 1
-    assert sent[0].data["alert"] is verify.alerts[0]
+    assert sent[0].alert is verify.alerts[0]
     assert verify.alerts[0].policy_hash == "ph-123"
 
 

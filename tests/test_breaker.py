@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,10 @@ from qwed_guard.breaker import (
     circuit_breaker,
 )
 from qwed_guard.clock import FakeClock
-from qwed_guard.context import BREAKER_CHANGED, CallContext, Event
+from qwed_guard.context import CallContext
 from qwed_guard.errors import ParameterError, QwedGuardError
-from qwed_guard.layer import Layer, guard
+from qwed_guard.hooks import AlertSent, BreakerChanged, Event
+from qwed_guard.layer import observed
 from qwed_guard.outcomes import Outcome
 from qwed_guard.state import MemoryStore
 
@@ -55,28 +56,17 @@ class Provider:
         return Result(True, 42)
 
 
-class Capture(Layer):
-    """Outermost test layer that listens to each call's events, as the audit layer does."""
-
-    kind = "capture"
+class Capture:
+    """A hook that keeps each call's events, as the audit trail receives them."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        ctx.listeners.append(self.events.append)
-        return proceed()
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        ctx.listeners.append(self.events.append)
-        return await proceed()
+    def __call__(self, ctx: CallContext) -> Callable[[Event], None]:
+        return self.events.append
 
     def changes(self) -> list[tuple[str, str]]:
-        return [
-            (str(e.data["old"]), str(e.data["new"]))
-            for e in self.events
-            if e.kind == BREAKER_CHANGED
-        ]
+        return [(str(e.old), str(e.new)) for e in self.events if isinstance(e, BreakerChanged)]
 
 
 def call(fn: Callable[..., Any]) -> str:
@@ -141,9 +131,8 @@ def test_open_to_half_open_only_after_recovery_timeout(fake_clock: FakeClock) ->
 def test_half_open_closes_after_success_threshold(fake_clock: FakeClock) -> None:
     capture = Capture()
     provider = Provider("fail")
-    fn = guard(
-        circuit_breaker(failure_threshold=1, recovery_timeout=5, success_threshold=2)(provider),
-        capture,
+    fn = observed(capture)(
+        circuit_breaker(failure_threshold=1, recovery_timeout=5, success_threshold=2)(provider)
     )
     call(fn)
     fake_clock.advance(5)
@@ -163,7 +152,7 @@ def test_half_open_reopens_on_a_failed_probe_and_restarts_the_timer(
 ) -> None:
     capture = Capture()
     provider = Provider("fail", "fail")
-    fn = guard(circuit_breaker(failure_threshold=1, recovery_timeout=5)(provider), capture)
+    fn = observed(capture)(circuit_breaker(failure_threshold=1, recovery_timeout=5)(provider))
     call(fn)
     fake_clock.advance(5)
     assert call(fn) == "failed"  # the probe
@@ -181,11 +170,11 @@ def test_half_open_reopens_on_a_failed_probe_and_restarts_the_timer(
         ("half_open", "closed"),
     ]
     # The event says which breaker changed and why.
-    opened = next(e for e in capture.events if e.kind == BREAKER_CHANGED)
-    assert opened.data["key"] == fn.breaker.key
-    assert opened.data["new"] is OPEN
-    assert "1 consecutive failures" in opened.data["reason"]
-    assert "provider down" in opened.data["reason"]
+    opened = next(e for e in capture.events if isinstance(e, BreakerChanged))
+    assert opened.key == fn.breaker.key
+    assert opened.new is OPEN
+    assert "1 consecutive failures" in opened.reason
+    assert "provider down" in opened.reason
 
 
 def test_counting_starts_afresh_after_closing(fake_clock: FakeClock) -> None:
@@ -527,11 +516,8 @@ def test_notify_alerts_once_when_opened_and_once_when_closed(fake_clock: FakeClo
     received: list[Alert] = []
     capture = Capture()
     provider = Provider("fail", "fail", "fail", "ok")
-    fn = guard(
-        circuit_breaker(failure_threshold=2, recovery_timeout=5, notify=[received.append])(
-            provider
-        ),
-        capture,
+    fn = observed(capture)(
+        circuit_breaker(failure_threshold=2, recovery_timeout=5, notify=[received.append])(provider)
     )
     call(fn), call(fn)  # opens: triggered
     fake_clock.advance(5)
@@ -555,7 +541,7 @@ def test_notify_alerts_once_when_opened_and_once_when_closed(fake_clock: FakeClo
     )
     assert triggered.error == "ConnectionError: provider down"
     assert resolved.message == f"{key}: circuit breaker closed (1 probe call succeeded)"
-    assert [e.data["alert"].kind for e in capture.events if e.kind == "alert_sent"] == [
+    assert [e.alert.kind for e in capture.events if isinstance(e, AlertSent)] == [
         "triggered",
         "resolved",
     ]

@@ -7,14 +7,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
 from qwed_guard.clock import FakeClock
-from qwed_guard.context import BREAKER_CHANGED, CallContext, Event
-from qwed_guard.layer import Layer, guard
+from qwed_guard.hooks import BreakerChanged, Event
+from qwed_guard.layer import observed
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -99,23 +98,13 @@ def test_8_threads_failing_together_open_the_breaker_once(fake_clock: FakeClock)
         with events_lock:
             events.append(event)
 
-    class Listen(Layer):
-        kind = "listen"
-
-        def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-            ctx.listeners.append(listen)
-            return proceed()
-
-        async def around_async(self, ctx: CallContext, proceed: Any) -> Any:
-            raise NotImplementedError
-
     start = threading.Barrier(8)
 
     def fail() -> None:
         start.wait()
         raise ConnectionError("down")
 
-    ask = guard(circuit_breaker(failure_threshold=3)(fail), Listen())
+    ask = observed(lambda ctx: listen)(circuit_breaker(failure_threshold=3)(fail))
 
     def worker() -> None:
         with contextlib.suppress(ConnectionError, CircuitOpen):
@@ -123,8 +112,8 @@ def test_8_threads_failing_together_open_the_breaker_once(fake_clock: FakeClock)
 
     run_threads(worker, 8)
     assert ask.breaker.opened == 1
-    changes = [e for e in events if e.kind == BREAKER_CHANGED]
-    assert [(str(e.data["old"]), str(e.data["new"])) for e in changes] == [("closed", "open")]
+    changes = [e for e in events if isinstance(e, BreakerChanged)]
+    assert [(str(e.old), str(e.new)) for e in changes] == [("closed", "open")]
     assert ask.breaker.failures == 8  # every call was admitted before the first one failed
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,7 @@ from qwed_guard.alerts.layer import DEFAULT_STORE
 from qwed_guard.breaker import CircuitOpen, circuit_breaker
 from qwed_guard.clock import FakeClock
 from qwed_guard.context import CallContext
-from qwed_guard.layer import Layer, guard
+from qwed_guard.layer import CallOutcome, Layer, guard
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -36,17 +35,12 @@ class HoldRefusals(Layer):
         self.held = 0
         self.lock = threading.Lock()
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        try:
-            return proceed()
-        except CircuitOpen:
+    def exit(self, ctx: CallContext, state: None, outcome: CallOutcome) -> CallOutcome:
+        if isinstance(outcome.exception, CircuitOpen):
             with self.lock:
                 self.held += 1
             assert self.release.wait(5)
-            raise
-
-    async def around_async(self, ctx: CallContext, proceed: Any) -> Any:
-        raise NotImplementedError
+        return outcome
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("redis", reason="the redis package (extra 'fleet') is not installed")
 
 from qwed_guard.clock import FakeClock
-from qwed_guard.context import BREAKER_CHANGED, CallContext
-from qwed_guard.layer import Layer, guard
+from qwed_guard.context import CallContext
+from qwed_guard.hooks import BreakerChanged, Event
+from qwed_guard.layer import observed
 from qwed_guard.sim import SimulatedLLM
 
 pytestmark = pytest.mark.services
@@ -29,26 +30,19 @@ PHASES = (("healthy", 3, 0.0), ("outage", 15, 0.0), ("recovered", 5, 60.0))
 _clients: dict[str, Any] = {}
 
 
-class _Transitions(Layer):
-    """Outermost: keeps every breaker transition the calls report, as the audit trail sees it."""
-
-    kind = "test_transitions"
+class _Transitions:
+    """A hook: keeps every breaker transition the calls report, as the audit trail sees it."""
 
     def __init__(self) -> None:
         self.phase = ""
         self.seen: list[tuple[str, str, str]] = []
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        events = ctx.keep_events()
-        try:
-            return proceed()
-        finally:
-            for event in events:
-                if event.kind == BREAKER_CHANGED:
-                    self.seen.append((self.phase, str(event.data["old"]), str(event.data["new"])))
+    def __call__(self, ctx: CallContext) -> Callable[[Event], None]:
+        return self.watch
 
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        raise NotImplementedError
+    def watch(self, event: Event) -> None:
+        if isinstance(event, BreakerChanged):
+            self.seen.append((self.phase, str(event.old), str(event.new)))
 
 
 def _guarded(base_url: str, model: str, state: Any) -> tuple[Any, _Transitions]:
@@ -67,7 +61,7 @@ def _guarded(base_url: str, model: str, state: Any) -> tuple[Any, _Transitions]:
     def verify(query: str) -> Any:
         return client.verify_math(query)
 
-    return guard(verify, recorder), recorder
+    return observed(recorder)(verify), recorder
 
 
 def _summary(fn: Any, recorder: _Transitions) -> dict[str, Any]:

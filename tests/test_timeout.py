@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,26 +16,21 @@ from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
 from qwed_guard.clock import FakeClock
 from qwed_guard.context import CallContext
 from qwed_guard.errors import ParameterError, QwedGuardError
-from qwed_guard.layer import Layer, guard
+from qwed_guard.layer import observed
 from qwed_guard.outcomes import Outcome, classify
 from qwed_guard.timeout import AttemptTimeout, AttemptTimeoutLayer, attempt_timeout
 
 HANG = 0.05
 
 
-class Capture(Layer):
-    kind = "capture"
+class Capture:
+    """A hook that keeps each call's context."""
 
     def __init__(self) -> None:
         self.contexts: list[CallContext] = []
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
+    def __call__(self, ctx: CallContext) -> None:
         self.contexts.append(ctx)
-        return proceed()
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        self.contexts.append(ctx)
-        return await proceed()
 
 
 async def test_a_hanging_attempt_is_cancelled_classified_transient_and_retried(
@@ -59,7 +53,7 @@ async def test_a_hanging_attempt_is_cancelled_classified_transient_and_retried(
                 raise
         return "42"
 
-    ask = guard(ask, capture)
+    ask = observed(capture)(ask)
     started = time.perf_counter()
     assert await ask() == "42"
     elapsed = time.perf_counter() - started

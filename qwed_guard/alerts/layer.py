@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, overload
 
@@ -20,9 +20,10 @@ from qwed_guard.alerts.channels import Channel, build_channels
 from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT
 from qwed_guard.alerts.delivery import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_DELAYS, Worker
 from qwed_guard.alerts.record import Alert, AlertHistory, AlertKind, Reason, rfc3339
-from qwed_guard.context import ALERT_SENT, CallContext
+from qwed_guard.context import CallContext
 from qwed_guard.errors import bad_parameter
-from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.hooks import AlertSent
+from qwed_guard.layer import CallOutcome, Layer, guard
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome, scrub
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
@@ -370,29 +371,12 @@ class AlertLayer(Layer):
 
     # ------------------------------------------------------------------ calls
 
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        try:
-            result = proceed()
-        except Exception as exc:
-            self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
-            raise
-        diagnosis = call_diagnosis(ctx)
-        failed = diagnosis.outcome not in ANSWERED
+    def exit(self, ctx: CallContext, state: None, outcome: CallOutcome) -> CallOutcome:
+        diagnosis = outcome.diagnosis
+        failed = outcome.exception is not None or diagnosis.outcome not in ANSWERED
         if failed or not self._steady(ctx):
             self._observe(ctx, diagnosis, failed=failed)
-        return result
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            result = await proceed()
-        except Exception as exc:
-            self._observe(ctx, call_diagnosis(ctx, exc), failed=True)
-            raise
-        diagnosis = call_diagnosis(ctx)
-        failed = diagnosis.outcome not in ANSWERED
-        if failed or not self._steady(ctx):
-            self._observe(ctx, diagnosis, failed=failed)
-        return result
+        return outcome
 
     def _steady(self, ctx: CallContext) -> bool:
         """True when a success changes nothing: `decide` keeps no state and sends no alert for
@@ -447,7 +431,8 @@ class AlertLayer(Layer):
             failure_rate=decision["rate"],
         )
         self.history.append(alert)
-        ctx.emit(ALERT_SENT, alert=alert)
+        if ctx.wants(AlertSent):
+            ctx.send(AlertSent(ctx.attempt, clock.wall(), alert))
         for worker in self.workers:
             worker.submit(alert)
 

@@ -1,12 +1,13 @@
 """`@audited`: one record per attempt, as it ends, and one per call, in a hash-chained trail.
 
-The layer subscribes to the call's context when the call enters it. Each `attempt_ended` event
-becomes an `attempt` record written at once (so a crash mid-call keeps the attempts already
-made); when the call returns or raises, a `call` record follows with the final outcome and
-source. The other events inner layers report go into the call record: `retry_scheduled` is the
-next attempt's `wait_us`, `gave_up` and `fallback_used` give the call's `reason`, and every other
-event (fallback_used, breaker_changed, alert_sent, ...) is listed in its `events` field as
-`{"event", "attempt", "ts", ...data}`.
+The audit trail is a hook (see `qwed_guard.hooks`): it watches the whole call wherever
+`@audited` sits in a stack. Each `AttemptEnded` event becomes an `attempt` record written at
+once (so a crash mid-call keeps the attempts already made); `CallEnded` becomes the `call`
+record with the final outcome and source. The other events go into the call record:
+`GaveUp` and `FallbackUsed` give the call's `reason`, and every other event (fallback_used,
+breaker_changed, alert_sent, ...) is listed in its `events` field as
+`{"event", "attempt", "ts", ...data}`. If a record cannot be written, the call fails closed
+with `AuditError` once it has ended.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from qwed_guard import clock
@@ -31,18 +32,19 @@ from qwed_guard.audit.record import (
 )
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
 from qwed_guard.audit.sinks.base import check_options
-from qwed_guard.context import (
-    ATTEMPT_ENDED,
-    ATTEMPT_STARTED,
-    FALLBACK_USED,
-    GAVE_UP,
-    RETRY_SCHEDULED,
-    CallContext,
-    Event,
-)
+from qwed_guard.context import CallContext
 from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.fallback import GuardedResult
-from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.hooks import (
+    AttemptEnded,
+    AttemptStarted,
+    CallEnded,
+    Event,
+    FallbackUsed,
+    GaveUp,
+    RetryScheduled,
+)
+from qwed_guard.layer import Layer, guard
 from qwed_guard.outcomes import Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules, attestation_summary
 
@@ -52,7 +54,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
 _SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
-_QUIET_EVENTS = frozenset({ATTEMPT_STARTED, RETRY_SCHEDULED})
+_QUIET_EVENTS: frozenset[type] = frozenset({AttemptStarted, RetryScheduled})
 _MISSING: Any = object()
 _MIN_HIDDEN = 4
 """Shorter queries are not searched for in other fields: they would match unrelated text."""
@@ -146,9 +148,10 @@ class _QueryLocator:
 
 
 class _Call:
-    """One call's view of the trail: the listener that writes its records."""
+    """One call's view of the trail: the watcher that writes its records."""
 
     __slots__ = ("call_id", "common", "ctx", "events", "failure", "hidden", "last", "layer")
+    ignores = _QUIET_EVENTS
 
     def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
         self.layer = layer
@@ -179,17 +182,17 @@ class _Call:
         }
 
     def __call__(self, event: Event) -> None:
-        kind = event.kind
-        if kind == ATTEMPT_ENDED:
+        if isinstance(event, AttemptEnded):
             self._attempt(event)
-        elif kind not in _QUIET_EVENTS:  # gave_up, fallback_used, breaker_changed, alerts, ...
+        elif isinstance(event, CallEnded):
+            self.finish(event)
+        elif type(event) not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
             self.events.append(event)
 
-    def _attempt(self, event: Event) -> None:
-        data = event.data
-        attempt = data["record"]
+    def _attempt(self, event: AttemptEnded) -> None:
+        attempt = event.record
         outcome = attempt.outcome
-        result = data.get("result")
+        result = event.result
         fields = _result_fields(result, outcome)
         self.last = (result, fields)
         verified, value, confidence = fields
@@ -236,12 +239,12 @@ class _Call:
             return [self.hide(v) for v in value]
         return value
 
-    def finish(self, result: Any, exc: BaseException | None) -> None:
+    def finish(self, ended: CallEnded) -> None:
         ctx = self.ctx
         reason: str | None = None
         exception: str | None = None
+        result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
         if exc is not None:
-            diagnosis = call_diagnosis(ctx, exc)
             outcome = diagnosis.outcome
             source: str | None = None
             verified, value, confidence = False, None, None
@@ -260,24 +263,22 @@ class _Call:
             error = result.error
             reason = result.reason
         else:
-            diagnosis = call_diagnosis(ctx)
             outcome = diagnosis.outcome
             source = _SOURCES.get(outcome, "unverified")
             verified, value, confidence = _result_fields(result, outcome)
             error = diagnosis.error
         events: list[dict[str, Any]] = []
         for event in self.events:
-            if event.kind == GAVE_UP:
-                given = event.data.get("reason")
-                if reason is None and isinstance(given, str):
-                    reason = given
+            if type(event) is GaveUp:
+                if reason is None:
+                    reason = event.reason
                 continue
             item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
             item["ts"] = rfc3339(event.wall)
-            for name, datum in event.data.items():
-                if event.kind == FALLBACK_USED and name == "reason":
+            for name, datum in zip(event._fields[2:], event[2:], strict=True):
+                if name == "reason" and type(event) is FallbackUsed:
                     continue  # the call's own `reason`
-                item[scrub(str(name))] = jsonable(datum)
+                item[name] = jsonable(datum)
             events.append(self.hide(item) if self.hidden else item)
         record = Record(self.common)
         record.update(
@@ -303,6 +304,17 @@ class _Call:
             if attestation is not None:
                 record["attestation"] = attestation
         self.layer._write(self, record)
+        if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
+            self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        failure = self.failure
+        if failure is not None:
+            if isinstance(failure, AuditError):
+                raise AuditError(f"call {self.call_id} not audited: {failure}") from failure
+            raise AuditError(
+                f"call {self.call_id} not audited: {type(failure).__name__}: {failure}"
+            ) from failure
 
 
 class AuditLayer(Layer):
@@ -395,11 +407,13 @@ class AuditLayer(Layer):
         )
         self._function = "?"
         self._query = _QueryLocator(None, query_arg)
+        self.hooks = (self._watch,)
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> AuditLayer:
         bound = copy.copy(self)
         bound._function = name
         bound._query = _QueryLocator(fn, self.query_arg)
+        bound.hooks = (bound._watch,)
         return bound
 
     def describe(self) -> str:
@@ -472,58 +486,8 @@ class AuditLayer(Layer):
         elif call.failure is None:
             call.failure = exc
 
-    def _raise_if_failed(self, call: _Call) -> None:
-        failure = call.failure
-        if failure is not None:
-            if isinstance(failure, AuditError):
-                raise AuditError(f"call {call.call_id} not audited: {failure}") from failure
-            raise AuditError(
-                f"call {call.call_id} not audited: {type(failure).__name__}: {failure}"
-            ) from failure
-
-    def around(self, ctx: CallContext, proceed: Callable[[], Any]) -> Any:
-        call = _Call(self, ctx)
-        listeners = ctx.listeners
-        muted = ctx.muted
-        if not listeners:  # the only listener: nobody needs the events it ignores built
-            ctx.muted = _QUIET_EVENTS
-        listeners.append(call)
-        try:
-            result = proceed()
-        except BaseException as exc:
-            listeners.remove(call)
-            ctx.muted = muted
-            call.finish(None, exc)
-            if not isinstance(exc, _NOT_AUDIT_FAILURES):
-                self._raise_if_failed(call)
-            raise
-        listeners.remove(call)
-        ctx.muted = muted
-        call.finish(result, None)
-        self._raise_if_failed(call)
-        return result
-
-    async def around_async(self, ctx: CallContext, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        call = _Call(self, ctx)
-        listeners = ctx.listeners
-        muted = ctx.muted
-        if not listeners:  # the only listener: nobody needs the events it ignores built
-            ctx.muted = _QUIET_EVENTS
-        listeners.append(call)
-        try:
-            result = await proceed()
-        except BaseException as exc:
-            listeners.remove(call)
-            ctx.muted = muted
-            call.finish(None, exc)
-            if not isinstance(exc, _NOT_AUDIT_FAILURES):
-                self._raise_if_failed(call)
-            raise
-        listeners.remove(call)
-        ctx.muted = muted
-        call.finish(result, None)
-        self._raise_if_failed(call)
-        return result
+    def _watch(self, ctx: CallContext) -> _Call:
+        return _Call(self, ctx)
 
 
 def _key(env: str | None, param: str) -> Key:

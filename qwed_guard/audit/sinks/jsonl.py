@@ -144,6 +144,8 @@ def _looks_like_trail(first: bytes) -> bool:
     """True when `first` (the file's first bytes) starts a trail of ours."""
     import orjson
 
+    if not first:
+        return True  # created, then a crash before the first record was written
     newline = first.find(b"\n")
     if newline < 0:
         return first.startswith(b'{"')  # one torn record, left by a crash on the first write
