@@ -19,11 +19,12 @@ from qwed_guard import clock
 from qwed_guard.alerts.channels import Channel, build_channels
 from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT
 from qwed_guard.alerts.delivery import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_DELAYS, Worker
-from qwed_guard.alerts.record import Alert, AlertHistory, AlertKind, Reason, rfc3339
-from qwed_guard.context import ALERT_SENT, CallContext
+from qwed_guard.alerts.record import AlertHistory, AlertKind, Reason, rfc3339
+from qwed_guard.alerts.send import alert_failed, raise_alert
+from qwed_guard.context import CallContext
 from qwed_guard.errors import bad_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard
-from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome, scrub
+from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
@@ -420,36 +421,28 @@ class AlertLayer(Layer):
             if decision is not None:
                 self._raise_alert(ctx, key, decision, diagnosis, now)
         except Exception as exc:  # alerting must never break the call it watches
-            from loguru import logger
-
-            logger.opt(exception=False).error(
-                "{}", scrub(f"alerting for {key} failed: {type(exc).__name__}: {exc}")
-            )
+            alert_failed(f"alerting for {key}", exc)
 
     def _raise_alert(
         self, ctx: CallContext, key: str, decision: Decision, diagnosis: Diagnosis, now: float
     ) -> None:
         resolved = decision["kind"] == "resolved"
         outcome = Outcome.VERIFIED if resolved else diagnosis.outcome
-        error = None if resolved or not diagnosis.error else scrub(diagnosis.error)
-        alert = Alert(
-            timestamp=rfc3339(now),
+        raise_alert(
+            ctx,
+            self.history,
+            self.workers,
             key=key,
             kind=decision["kind"],
-            message=_message(key, decision, self.rules, outcome, error),
+            reason=decision["reason"],
+            message=functools.partial(_message, key, decision, self.rules, outcome),
             failures=decision["failures"],
             outcome=outcome,
-            error=error,
-            function=ctx.function,
-            policy_hash=ctx.policy_hash,
+            error=None if resolved else diagnosis.error,
+            now=now,
             dedup_key=_DEDUP_PREFIX + key,
-            reason=decision["reason"],
             failure_rate=decision["rate"],
         )
-        self.history.append(alert)
-        ctx.emit(ALERT_SENT, alert=alert)
-        for worker in self.workers:
-            worker.submit(alert)
 
 
 Notify = Any
