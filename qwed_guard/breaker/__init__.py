@@ -18,6 +18,7 @@ from __future__ import annotations
 from qwed_guard.breaker.breaker import Breaker
 from qwed_guard.breaker.layer import (
     DEFAULT_FAILURE_ON,
+    DEFAULT_FAILURE_THRESHOLD,
     CircuitBreakerLayer,
     CircuitOpen,
     circuit_breaker,
@@ -26,6 +27,7 @@ from qwed_guard.breaker.machine import BreakerState
 
 __all__ = [
     "DEFAULT_FAILURE_ON",
+    "DEFAULT_FAILURE_THRESHOLD",
     "Breaker",
     "BreakerState",
     "CircuitBreakerLayer",
