@@ -156,13 +156,12 @@ class Breaker:
         # A failed probe re-opens the same outage: one alert when it starts, one when it ends.
         if self._alerts is None or not (opened or transition.new is BreakerState.CLOSED):
             return
-        if opened:
-            message = (
-                f"{self.key}: circuit breaker opened after {transition.reason}; calls fail "
-                f"fast for {self.rules.recovery_timeout:g} s, then probe"
-            )
-        else:
-            message = f"{self.key}: circuit breaker closed ({transition.reason})"
+        message = (
+            f"{self.key}: circuit breaker opened after {transition.reason}; calls fail "
+            f"fast for {self.rules.recovery_timeout:g} s, then probe"
+            if opened
+            else f"{self.key}: circuit breaker closed ({transition.reason})"
+        )
         try:
             raise_alert(
                 ctx,

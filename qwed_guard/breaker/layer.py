@@ -10,7 +10,7 @@ from qwed_guard import clock
 from qwed_guard.breaker.breaker import Breaker
 from qwed_guard.breaker.machine import BreakerState, Rules, Ticket
 from qwed_guard.context import CallContext
-from qwed_guard.errors import QwedGuardError, bad_parameter
+from qwed_guard.errors import QwedGuardError, bad_parameter, int_parameter
 from qwed_guard.layer import Layer, call_diagnosis, guard, record_attempt
 from qwed_guard.outcomes import Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, StateStore, store_from_url
@@ -52,18 +52,6 @@ class CircuitOpen(QwedGuardError):
         super().__init__(text)
 
 
-def _count(name: str, value: Any, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
-    if value < 1:
-        raise bad_parameter(name, f"must be >= 1, got {value}")
-    if value > _MAX_COUNT:
-        raise bad_parameter(name, f"must be at most {_MAX_COUNT}, got {value}")
-
-
-_MAX_COUNT = 10_000_000
 _MAX_RECOVERY = 366 * 86400.0
 """A breaker stays open a year at most: longer waits overflow the timers that use them."""
 
@@ -112,14 +100,15 @@ class CircuitBreakerLayer(Layer):
         verdict: VerdictRules | Judge | None = None,
     ) -> None:
         self.verdict = as_rules(verdict)
-        _count("failure_threshold", failure_threshold, optional=True)
+        if failure_threshold is not None:
+            int_parameter("failure_threshold", failure_threshold)
         for name, value in (
             ("window", window),
             ("min_calls", min_calls),
             ("half_open_probes", half_open_probes),
             ("success_threshold", success_threshold),
         ):
-            _count(name, value)
+            int_parameter(name, value)
         if failure_rate is not None:
             if isinstance(failure_rate, bool) or not isinstance(failure_rate, (int, float)):
                 raise bad_parameter(

@@ -14,23 +14,6 @@ from typing import Literal, NamedTuple
 
 from qwed_guard.state import State
 
-__all__ = [
-    "FIRST_TICKET",
-    "BreakerState",
-    "Rules",
-    "Ticket",
-    "Transition",
-    "Trip",
-    "admit",
-    "count_success",
-    "fresh",
-    "load",
-    "move",
-    "report",
-    "reset",
-    "retry_in",
-]
-
 
 class BreakerState(enum.StrEnum):
     """Where a circuit breaker stands."""
