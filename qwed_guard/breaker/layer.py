@@ -19,7 +19,13 @@ from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 if TYPE_CHECKING:
     from qwed_guard.alerts.delivery import Worker
 
-__all__ = ["DEFAULT_FAILURE_ON", "CircuitBreakerLayer", "CircuitOpen", "circuit_breaker"]
+__all__ = [
+    "DEFAULT_FAILURE_ON",
+    "DEFAULT_FAILURE_THRESHOLD",
+    "CircuitBreakerLayer",
+    "CircuitOpen",
+    "circuit_breaker",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
