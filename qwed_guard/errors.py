@@ -19,6 +19,7 @@ __all__ = [
     "QwedGuardError",
     "VerificationFailed",
     "bad_parameter",
+    "int_parameter",
 ]
 
 
@@ -98,3 +99,18 @@ class ParameterTypeError(ParameterError, TypeError):
 def bad_parameter(param: str, problem: str, *, wrong_type: bool = False) -> ParameterError:
     """The error to raise at decoration time for a bad argument (`raise bad_parameter(...)`)."""
     return (ParameterTypeError if wrong_type else ParameterError)(param, problem)
+
+
+MAX_COUNT = 10_000_000
+"""The largest count a decorator argument may give."""
+
+
+def int_parameter(param: str, value: Any, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """`value`, checked to be an int from `minimum` to `maximum` (else `bad_parameter`)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_parameter(param, f"must be an int, got {type(value).__name__}", wrong_type=True)
+    if value < minimum:
+        raise bad_parameter(param, f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise bad_parameter(param, f"must be at most {maximum}, got {value}")
+    return value

@@ -19,12 +19,12 @@ from qwed_guard import clock
 from qwed_guard.alerts.channels import Channel, build_channels
 from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT
 from qwed_guard.alerts.delivery import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_DELAYS, Worker
-from qwed_guard.alerts.record import Alert, AlertHistory, AlertKind, Reason, rfc3339
+from qwed_guard.alerts.record import AlertHistory, AlertKind, Reason, rfc3339
+from qwed_guard.alerts.send import alert_failed, raise_alert
 from qwed_guard.context import CallContext
-from qwed_guard.errors import bad_parameter
-from qwed_guard.hooks import AlertSent
+from qwed_guard.errors import bad_parameter, int_parameter
 from qwed_guard.layer import CallOutcome, Layer, guard
-from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome, scrub
+from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
@@ -206,7 +206,6 @@ MAX_SECONDS = 366 * 86400.0
 """The longest wait any alerting option may name (a year): beyond it timers overflow."""
 MAX_DELIVERY_SECONDS = 3600.0
 """The longest a channel timeout or a delivery retry delay may be."""
-MAX_COUNT = 10_000_000
 
 
 def _number(
@@ -221,16 +220,6 @@ def _number(
     if value > maximum:
         raise bad_parameter(name, f"must be at most {maximum:g} seconds, got {value:g}")
     return float(value)
-
-
-def _integer(name: str, value: Any, minimum: int, maximum: int = MAX_COUNT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_parameter(name, f"must be an int, got {type(value).__name__}", wrong_type=True)
-    if value < minimum:
-        raise bad_parameter(name, f"must be >= {minimum}, got {value}")
-    if value > maximum:
-        raise bad_parameter(name, f"must be at most {maximum}, got {value}")
-    return value
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -274,7 +263,7 @@ class AlertLayer(Layer):
         verdict: VerdictRules | Judge | None = None,
     ) -> None:
         self.verdict = as_rules(verdict)
-        threshold = _integer("threshold", threshold, 1)
+        threshold = int_parameter("threshold", threshold, 1)
         repeat = _number("repeat_interval", repeat_interval, allow_none=True)
         if key is not None and (not isinstance(key, str) or not key.strip()):
             raise bad_parameter("key", "must be a non-empty string")
@@ -283,10 +272,10 @@ class AlertLayer(Layer):
             assert rate is not None
             if not 0 < rate <= 1:
                 raise bad_parameter("rate_threshold", f"must be in (0, 1], got {rate_threshold}")
-            window = _integer(
+            window = int_parameter(
                 "rate_window", DEFAULT_RATE_WINDOW if rate_window is None else rate_window, 1
             )
-            least = _integer("min_calls", window if min_calls is None else min_calls, 1)
+            least = int_parameter("min_calls", window if min_calls is None else min_calls, 1)
             if least > window:
                 raise bad_parameter("min_calls", f"must be <= rate_window ({window}), got {least}")
         else:
@@ -316,9 +305,9 @@ class AlertLayer(Layer):
         self.key = key
         self.store = _store(state)
         self.channels: list[Channel] = build_channels(notify, channel_timeout)
-        size = _integer("queue_size", queue_size, 1)
+        size = int_parameter("queue_size", queue_size, 1)
         self.workers = [Worker(c, retry_delays=delays, queue_size=size) for c in self.channels]
-        self.history = AlertHistory(_integer("history_size", history_size, 1))
+        self.history = AlertHistory(int_parameter("history_size", history_size, 1))
         """This function's alerts, most recent last (what `fn.alerts` returns)."""
 
     # ------------------------------------------------------------------ binding
@@ -404,37 +393,28 @@ class AlertLayer(Layer):
             if decision is not None:
                 self._raise_alert(ctx, key, decision, diagnosis, now)
         except Exception as exc:  # alerting must never break the call it watches
-            from loguru import logger
-
-            logger.opt(exception=False).error(
-                "{}", scrub(f"alerting for {key} failed: {type(exc).__name__}: {exc}")
-            )
+            alert_failed(f"alerting for {key}", exc)
 
     def _raise_alert(
         self, ctx: CallContext, key: str, decision: Decision, diagnosis: Diagnosis, now: float
     ) -> None:
         resolved = decision["kind"] == "resolved"
         outcome = Outcome.VERIFIED if resolved else diagnosis.outcome
-        error = None if resolved or not diagnosis.error else scrub(diagnosis.error)
-        alert = Alert(
-            timestamp=rfc3339(now),
+        raise_alert(
+            ctx,
+            self.history,
+            self.workers,
             key=key,
             kind=decision["kind"],
-            message=_message(key, decision, self.rules, outcome, error),
+            reason=decision["reason"],
+            message=functools.partial(_message, key, decision, self.rules, outcome),
             failures=decision["failures"],
             outcome=outcome,
-            error=error,
-            function=ctx.function,
-            policy_hash=ctx.policy_hash,
+            error=None if resolved else diagnosis.error,
+            now=now,
             dedup_key=_DEDUP_PREFIX + key,
-            reason=decision["reason"],
             failure_rate=decision["rate"],
         )
-        self.history.append(alert)
-        if ctx.wants(AlertSent):
-            ctx.send(AlertSent(ctx.attempt, clock.wall(), alert))
-        for worker in self.workers:
-            worker.submit(alert)
 
 
 Notify = Any

@@ -1,0 +1,199 @@
+"""`Breaker`: one breaker's rules applied to its state in a `StateStore`, and what it shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from qwed_guard import clock
+from qwed_guard.alerts.record import Alert, AlertHistory
+from qwed_guard.alerts.send import alert_failed, raise_alert
+from qwed_guard.breaker import machine
+from qwed_guard.breaker.machine import FIRST_TICKET, BreakerState, Rules, Ticket, Transition
+from qwed_guard.context import CallContext
+from qwed_guard.hooks import BreakerChanged
+from qwed_guard.outcomes import Diagnosis, Outcome, scrub
+from qwed_guard.state import MemoryStore, State, StateStore
+
+if TYPE_CHECKING:
+    from qwed_guard.alerts.delivery import Worker
+
+__all__ = ["Breaker"]
+
+_STORE_PREFIX = "breaker:"
+_DEDUP_PREFIX = "qwed-guard:breaker:"
+
+
+class Breaker:
+    """One breaker: its rules, where its state lives, and what `fn.breaker` shows.
+
+    `state`, the counts and `reset()` read and change the shared state under `key`, so every
+    function (and, with a shared store, every process) using the same key sees the same values.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        store: StateStore,
+        rules: Rules,
+        workers: Sequence[Worker] = (),
+    ) -> None:
+        self.key = key
+        self.store = store
+        self.rules = rules
+        self._store_key = _STORE_PREFIX + key
+        self._workers = tuple(workers)
+        self._alerts = AlertHistory() if self._workers else None
+
+    def _view(self) -> State:
+        return machine.load(self.store.get(self._store_key))
+
+    @property
+    def state(self) -> BreakerState:
+        """closed, open or half_open (an open breaker turns half-open at its next call)."""
+        return BreakerState(self._view()["state"])
+
+    @property
+    def failures(self) -> int:
+        """Attempts that ended in a failure outcome, in total."""
+        return int(self._view()["failures"])
+
+    @property
+    def successes(self) -> int:
+        """Attempts that ended in any other outcome, in total."""
+        return int(self._view()["successes"])
+
+    @property
+    def short_circuited(self) -> int:
+        """Attempts refused without a call, in total."""
+        return int(self._view()["short_circuited"])
+
+    @property
+    def opened(self) -> int:
+        """How many times the breaker has opened."""
+        return int(self._view()["opened"])
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures in a row in the current closed period."""
+        return int(self._view()["consecutive"])
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until an open breaker admits a probe (0 when not open or already due)."""
+        return machine.retry_in(self.rules, self._view(), clock.wall())
+
+    @property
+    def alerts(self) -> Sequence[Alert]:
+        """The `opened`/`closed` alerts this breaker sent (empty without `notify`)."""
+        return self._alerts if self._alerts is not None else ()
+
+    def snapshot(self) -> dict[str, Any]:
+        """State, reason and counts as one plain dict (for logs, dashboards, the CLI)."""
+        s = self._view()
+        return {
+            "key": self.key,
+            "state": s["state"],
+            "since": s["since"],
+            "reason": s["reason"],
+            "consecutive_failures": s["consecutive"],
+            "probes_in_flight": s["probes"],
+            "failures": s["failures"],
+            "successes": s["successes"],
+            "short_circuited": s["short_circuited"],
+            "opened": s["opened"],
+        }
+
+    def reset(self) -> None:
+        """Back to closed with every count cleared (after a fix you know has landed)."""
+        transition = self.store.update(self._store_key, machine.reset)
+        if transition is not None:
+            self.announce(None, transition, None)
+
+    def __repr__(self) -> str:
+        s = self._view()
+        return (
+            f"<Breaker {self.key!r} {s['state']}: {s['failures']} failures, "
+            f"{s['successes']} successes, {s['short_circuited']} short-circuited, "
+            f"opened {s['opened']}x>"
+        )
+
+    # The two decisions every attempt goes through, and what a state change sets off.
+    def admit(self) -> Ticket:
+        store = self.store
+        if type(store) is MemoryStore:
+            # A closed breaker admits without writing anything: with the in-process store
+            # that is seen without its lock (stored states are replaced, never mutated).
+            state = store.peek(self._store_key)
+            if state is None:
+                return FIRST_TICKET
+            if state["state"] == BreakerState.CLOSED:
+                return Ticket("call", state["gen"], None, None)
+        return self.store.update(self._store_key, machine.admit(self.rules, clock.wall()))
+
+    def report(self, ticket: Ticket, failed: bool | None, error: str | None) -> Transition | None:
+        if failed is False and ticket.kind == "call" and self.rules.failure_rate is None:
+            # The success path: count it, reset the streak; it cannot trip or move anything.
+            return self.store.update(self._store_key, partial(machine.count_success, ticket.gen))
+        change = machine.report(self.rules, ticket, failed, clock.wall(), error)
+        return self.store.update(self._store_key, change)
+
+    def announce(
+        self, ctx: CallContext | None, transition: Transition, diagnosis: Diagnosis | None
+    ) -> None:
+        """Report a state change: an event for the audit trail, a log line, maybe an alert."""
+        if ctx is not None and ctx.wants(BreakerChanged):
+            event = BreakerChanged(
+                ctx.attempt,
+                clock.wall(),
+                self.key,
+                transition.old,
+                transition.new,
+                transition.reason,
+                self.rules.recovery_timeout,
+            )
+            ctx.send(event)
+        _log(self.key, transition)
+        opened = transition.old is BreakerState.CLOSED and transition.new is BreakerState.OPEN
+        # A failed probe re-opens the same outage: one alert when it starts, one when it ends.
+        if self._alerts is None or not (opened or transition.new is BreakerState.CLOSED):
+            return
+        message = (
+            f"{self.key}: circuit breaker opened after {transition.reason}; calls fail "
+            f"fast for {self.rules.recovery_timeout:g} s, then probe"
+            if opened
+            else f"{self.key}: circuit breaker closed ({transition.reason})"
+        )
+        try:
+            raise_alert(
+                ctx,
+                self._alerts,
+                self._workers,
+                key=self.key,
+                kind="triggered" if opened else "resolved",
+                reason="rate" if transition.rule == "rate" else "consecutive",
+                message=message,
+                failures=transition.failures,
+                outcome=diagnosis.outcome if diagnosis is not None else Outcome.VERIFIED,
+                error=diagnosis.error if opened and diagnosis is not None else None,
+                now=clock.wall(),
+                dedup_key=_DEDUP_PREFIX + self.key,
+                failure_rate=transition.rate,
+            )
+        except Exception as exc:  # alerting must never break the call it watches
+            alert_failed(f"breaker alert for {self.key}", exc)
+
+
+def _log(key: str, transition: Transition) -> None:
+    from loguru import logger  # imported on first state change: it costs tens of ms
+
+    level = "WARNING" if transition.new is BreakerState.OPEN else "INFO"
+    logger.log(
+        level,
+        "{}",
+        scrub(
+            f"circuit breaker {key}: {transition.old.value} -> {transition.new.value} "
+            f"({transition.reason})"
+        ),
+    )
