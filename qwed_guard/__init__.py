@@ -23,6 +23,8 @@ from qwed_guard.errors import (
     VerificationFailed,
 )
 from qwed_guard.fallback import Failure, GuardedResult, fallback
+from qwed_guard.hooks import add_hook, remove_hook
+from qwed_guard.layer import CallOutcome, observed
 from qwed_guard.outcomes import Diagnosis, Outcome, classify, diagnose
 from qwed_guard.policy import Policy
 from qwed_guard.proxy import guard_client
@@ -38,6 +40,7 @@ __all__ = [
     "AttemptTimeout",
     "AuditError",
     "BreakerState",
+    "CallOutcome",
     "CircuitOpen",
     "Diagnosis",
     "Failure",
@@ -50,6 +53,7 @@ __all__ = [
     "VerdictRules",
     "VerificationFailed",
     "__version__",
+    "add_hook",
     "alert_on_failures",
     "attempt_timeout",
     "audit_context",
@@ -60,6 +64,8 @@ __all__ = [
     "fallback",
     "guard_client",
     "guarded_client",
+    "observed",
     "register_verdict",
+    "remove_hook",
     "retry",
 ]

@@ -455,7 +455,9 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
         ctx.is_async = is_async
         if outer_hash is not None:
             ctx.policy_hash = outer_hash
-        hooks = own_hooks + process_hooks() if own_hooks else process_hooks()
+        # Process-wide hooks first: they see the call before the function's own (the audit
+        # trail can then record what a tracing hook started).
+        hooks = process_hooks() + own_hooks if own_hooks else process_hooks()
         if hooks:
             _watch(ctx, hooks)
         return ctx

@@ -10,6 +10,7 @@ when a policy names them: `import qwed_guard` stays cheap, and a missing one bre
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import importlib
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from qwed_guard.errors import ParameterError, PolicyError
-from qwed_guard.layer import Layer, guard
+from qwed_guard.hooks import Hook
+from qwed_guard.layer import Layer, ObserverLayer, guard
 from qwed_guard.outcomes import scrub
 from qwed_guard.policy._callables import check_allowed
 from qwed_guard.verdicts import VerdictRules
@@ -450,13 +452,6 @@ def _blinding(order: tuple[str, ...]) -> list[str]:
     """Why this order hides something from a layer; empty when it does not."""
     where = {name: index for index, name in enumerate(order)}
     reasons: list[str] = []
-    audit_at = where.get("audited")
-    if audit_at:
-        outside = ", ".join(order[:audit_at])
-        reasons.append(
-            f"audited must be outermost to record every attempt and the call's final outcome; "
-            f"inside {outside} it misses what {'that layer does' if audit_at == 1 else 'they do'}"
-        )
     timeout_at = where.get("attempt_timeout")
     if timeout_at is not None and timeout_at != len(order) - 1:
         inside = ", ".join(order[timeout_at + 1 :])
@@ -497,7 +492,7 @@ class Policy:
     that data.
     """
 
-    __slots__ = ("_canonical", "_data", "_hash", "_layers", "_order", "_rules")
+    __slots__ = ("_canonical", "_data", "_hash", "_hooks", "_layers", "_order", "_rules")
 
     _canonical: str
     _data: dict[str, Any]
@@ -505,6 +500,7 @@ class Policy:
     _layers: dict[str, Layer]
     _rules: VerdictRules | None
     _order: tuple[str, ...]
+    _hooks: tuple[Hook, ...]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         problems = _Problems()
@@ -548,6 +544,7 @@ class Policy:
         setattr_(self, "_layers", layers)
         setattr_(self, "_rules", rules)
         setattr_(self, "_order", order)
+        setattr_(self, "_hooks", ())
 
     # -- building -----------------------------------------------------------------------------
 
@@ -625,9 +622,26 @@ class Policy:
         """
         return self.wrap_with(fn, self._rules)
 
+    def with_hooks(self, *hooks: Hook) -> Policy:
+        """This policy, also watching every call of the functions it wraps with `hooks`.
+
+        Hooks are code, not data: they change neither the policy's equality nor its hash.
+        """
+        for hook in hooks:
+            if not callable(hook):
+                raise TypeError(f"a hook is a callable, got {type(hook).__name__}")
+        hooked = copy.copy(self)
+        object.__setattr__(hooked, "_hooks", self._hooks + hooks)
+        return hooked
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        """The hooks given with `with_hooks`."""
+        return self._hooks
+
     def wrap_with(self, fn: F, rules: VerdictRules | None) -> F:
         """Apply the stack to `fn` with these verdict rules instead of the policy's own."""
-        wrapped: Any = fn
+        wrapped: Any = guard(fn, ObserverLayer(self._hooks)) if self._hooks else fn
         for index in range(len(self._order) - 1, -1, -1):
             name = self._order[index]
             # The outermost layer stamps the hash on each call, for audit records and alerts.
