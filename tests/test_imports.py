@@ -259,12 +259,12 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
 
 def test_a_module_that_does_not_import_alone_is_reported(tmp_path: Path) -> None:
     # The same runner on two modules of a throwaway package that import each other's names.
-    package = tmp_path / "qwed_guard"
+    package = tmp_path / "throwaway"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("from qwed_guard.b import B\nA = 1\n")
-    (package / "b.py").write_text("from qwed_guard.a import A\nB = 2\n")
-    payload = json.dumps([["qwed_guard.a", "qwed_guard"], ["json"]])
+    (package / "a.py").write_text("from throwaway.b import B\nA = 1\n")
+    (package / "b.py").write_text("from throwaway.a import A\nB = 2\n")
+    payload = json.dumps([["throwaway.a", "throwaway"], ["json"]])
     done = subprocess.run(
         [sys.executable, "-c", _IMPORT_EACH, payload],
         cwd=tmp_path,
@@ -275,8 +275,8 @@ def test_a_module_that_does_not_import_alone_is_reported(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     errors = json.loads(done.stdout.splitlines()[-1])
-    assert list(errors) == ["qwed_guard.a"]
-    assert errors["qwed_guard.a"].startswith("ImportError: cannot import name 'A'")
+    assert list(errors) == ["throwaway.a"]
+    assert errors["throwaway.a"].startswith("ImportError: cannot import name 'A'")
 
 
 def test_import_qwed_guard_does_not_import_qwed_sdk() -> None:
