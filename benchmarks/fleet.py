@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.run import QUERY, RESULT, Section, _audit_record, _throughput
+from benchmarks.run import QUERY, RESULT, Section, audit_record, throughput
 from benchmarks.services import HOW_TO_START, postgres_answers, redis_answers, service_url
 
 __all__ = ["run"]
@@ -110,7 +110,7 @@ def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path)
     from qwed_guard.audit.sinks import JsonlSink
     from qwed_guard.audit.sinks.postgres import PostgresSink
 
-    template = _audit_record()
+    template = audit_record()
     n = 5_000 if quick else 20_000
     repeats = 3 if quick else 5
     counter = iter(range(10**9))
@@ -127,7 +127,7 @@ def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path)
         path = workdir / f"fleet-audit-{next(counter)}.jsonl"
         sink = JsonlSink(path, fsync="batch")
         try:
-            return _throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
+            return throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
         finally:
             for suffix in ("", ".lock"):
                 with contextlib.suppress(FileNotFoundError):
@@ -138,7 +138,7 @@ def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path)
         tables.append(table)
         spool = workdir / f"{table}.spool.jsonl"
         sink = PostgresSink(postgres_url, fsync="batch", table=table, spool=spool)
-        return _throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
+        return throughput(lambda r: sink.append((r,)), sink.close, template, n, 1, fresh)
 
     contenders: dict[str, Callable[[], float]] = {
         "audit records/s, JSONL (fsync=batch)": jsonl,

@@ -235,7 +235,7 @@ def overhead(quick: bool, workdir: Path) -> Section:
 # ------------------------------------------------------------------------ 2. audit throughput
 
 
-def _audit_record() -> dict[str, Any]:
+def audit_record() -> dict[str, Any]:
     """One attempt record exactly as the audit layer writes it (before its chain fields)."""
     from qwed_guard import audited
 
@@ -247,7 +247,7 @@ def _audit_record() -> dict[str, Any]:
     return record
 
 
-def _throughput(
+def throughput(
     append: Callable[[dict[str, Any]], None],
     finish: Callable[[], None],
     template: dict[str, Any],
@@ -294,7 +294,7 @@ def audit_throughput(quick: bool, workdir: Path) -> Section:
     from qwed_guard.audit.record import Record
     from qwed_guard.audit.sinks import JsonlSink
 
-    template = _audit_record()
+    template = audit_record()
     n = 20_000 if quick else 100_000
     repeats = 3 if quick else 5
     key = Key(b"benchmark-key-0123456789abcdef!!", "BENCH_KEY")
@@ -305,7 +305,7 @@ def audit_throughput(quick: bool, workdir: Path) -> Section:
             path = workdir / f"audit-{mode}-{int(signed)}-{threads}-{next(counter)}.jsonl"
             sink = JsonlSink(path, fsync=mode, key=key if signed else None)  # type: ignore[arg-type]
             try:
-                return _throughput(
+                return throughput(
                     lambda r: sink.append((r,)), sink.close, template, count, threads, Record
                 )
             finally:
@@ -320,7 +320,7 @@ def audit_throughput(quick: bool, workdir: Path) -> Section:
         logger.remove()
         handler = logger.add(path, serialize=True, enqueue=False, level="INFO")
         try:
-            return _throughput(
+            return throughput(
                 lambda r: logger.info("audit", **r), lambda: None, template, count, threads, dict
             )
         finally:
@@ -337,7 +337,7 @@ def audit_throughput(quick: bool, workdir: Path) -> Section:
         handler.setFormatter(_JsonFormatter())
         log.addHandler(handler)
         try:
-            return _throughput(
+            return throughput(
                 lambda r: log.info("audit", extra={"audit": r}),
                 handler.flush,
                 template,

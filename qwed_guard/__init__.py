@@ -10,6 +10,7 @@ def interest(query: str):
     return client.verify_math(query)
 """
 
+from qwed_guard._version import __version__
 from qwed_guard.alerts import Alert, alert_on_failures
 from qwed_guard.audit import audited
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
@@ -31,8 +32,6 @@ from qwed_guard.proxy import guard_client
 from qwed_guard.retry import retry
 from qwed_guard.timeout import AttemptTimeout, attempt_timeout
 from qwed_guard.verdicts import VerdictRules, register_verdict
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "Alert",

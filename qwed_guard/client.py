@@ -21,6 +21,7 @@ from typing import Any
 
 from qwed_guard.context import CallContext, current, record_wire
 from qwed_guard.outcomes import Outcome, WireFailure, parse_retry_after
+from qwed_guard.replies import CallReplies
 
 __all__ = ["guarded_client", "record_failing_response"]
 
@@ -49,21 +50,6 @@ def record_failing_response(response: Any) -> None:
 
 # Headers that describe the bytes on the wire, not the (already decoded) content kept here.
 _WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
-
-
-class CallReplies:
-    """The successful HTTP replies of one guarded call, kept for its next attempts."""
-
-    __slots__ = ("kept", "reused")
-
-    def __init__(self) -> None:
-        self.kept: dict[bytes, tuple[int, int, list[tuple[bytes, bytes]], bytes]] = {}
-        """request key -> (attempt that got it, status, headers, content)"""
-        self.reused: dict[int, int] = {}
-        """attempt number -> replies it reused"""
-
-    def reused_by(self, attempt: int) -> int:
-        return self.reused.get(attempt, 0)
 
 
 def _still_valid(ctx: CallContext, got_in: int) -> bool:

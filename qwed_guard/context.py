@@ -22,7 +22,7 @@ from qwed_guard.outcomes import Classifier, WireFailure
 from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules
 
 if TYPE_CHECKING:
-    from qwed_guard.client import CallReplies
+    from qwed_guard.replies import CallReplies
 
 __all__ = [
     "Attempt",

@@ -17,6 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The scrubber lives in `qwed_guard.redact`; these names stay importable from here.
+from qwed_guard.redact import register_secret as register_secret
+from qwed_guard.redact import scrub as scrub
+
 __all__ = [
     "ANSWERED",
     "Classifier",
@@ -264,11 +268,3 @@ def parse_retry_after(
         return None
     reference = time.time() if now is None else now
     return max(when.timestamp() - reference, 0.0)
-
-
-# The scrubber lives in `qwed_guard.redact`; these names stay importable from here.
-from qwed_guard.redact import (  # noqa: E402
-    _registered_secrets as _registered_secrets,
-)
-from qwed_guard.redact import register_secret as register_secret  # noqa: E402
-from qwed_guard.redact import scrub as scrub  # noqa: E402

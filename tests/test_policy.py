@@ -19,7 +19,7 @@ from qwed_guard import GuardedResult, PolicyError, VerificationFailed
 from qwed_guard.clock import FakeClock
 from qwed_guard.context import current
 from qwed_guard.policy import CANONICAL_ORDER, Policy
-from qwed_guard.policy._core import _SECTIONS
+from qwed_guard.policy._sections import SECTIONS as _SECTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_orders_that_blind_a_layer_are_refused_with_the_reason() -> None:
 def test_a_section_whose_layer_module_is_missing_breaks_only_that_section(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from qwed_guard.policy._core import _Section
+    from qwed_guard.policy._sections import Section as _Section
 
     monkeypatch.setitem(_SECTIONS, "circuit_breaker", _Section("qwed_guard.no_such_mod", "X"))
     assert problems({"circuit_breaker": {}}) == [

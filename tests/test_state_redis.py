@@ -14,7 +14,7 @@ from loguru import logger  # noqa: E402
 
 from qwed_guard.clock import FakeClock  # noqa: E402
 from qwed_guard.state import State, StateStore, store_from_url  # noqa: E402
-from qwed_guard.state_redis import DEFAULT_TTL, RedisStore  # noqa: E402
+from qwed_guard.state.redis import DEFAULT_TTL, RedisStore  # noqa: E402
 
 pytestmark = pytest.mark.services
 

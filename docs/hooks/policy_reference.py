@@ -14,15 +14,8 @@ from typing import Any
 import orjson
 
 # The policy module's own view of its sections: the same lookups Policy.from_dict makes.
-from qwed_guard.policy._core import (
-    _OPTIONS,
-    _SECTIONS,
-    _UNSET,
-    CANONICAL_ORDER,
-    _default_data,
-    _layer_class,
-    _signature,
-)
+from qwed_guard.policy._core import _default_data, _layer_class, _signature
+from qwed_guard.policy._sections import CANONICAL_ORDER, OPTIONS, SECTIONS, UNSET
 
 MARKER = "<!-- policy-reference -->"
 # The decorator each section configures (the API reference documents its meaning).
@@ -44,7 +37,7 @@ def _default(parameter: inspect.Parameter) -> str:
     if parameter.default is inspect.Parameter.empty:
         return "required"
     value = _default_data(parameter)
-    if value is _UNSET:
+    if value is UNSET:
         return "(not set)"
     return f"`{_cell(orjson.dumps(value).decode())}`"
 
@@ -52,7 +45,7 @@ def _default(parameter: inspect.Parameter) -> str:
 def _section(name: str) -> list[str]:
     cls = _layer_class(name)
     parameters, open_ended = _signature(cls)
-    callables = _SECTIONS[name].callables
+    callables = SECTIONS[name].callables
     lines = [
         f"### `{name}`",
         "",
@@ -74,7 +67,7 @@ def _section(name: str) -> list[str]:
 def render() -> str:
     lines = [
         "Sections, outermost first: " + ", ".join(f"`{n}`" for n in CANONICAL_ORDER) + ".",
-        "Top-level options besides the sections: " + ", ".join(f"`{o}`" for o in _OPTIONS) + ".",
+        "Top-level options besides the sections: " + ", ".join(f"`{o}`" for o in OPTIONS) + ".",
         "",
     ]
     for name in CANONICAL_ORDER:

@@ -6,4 +6,5 @@ import sys
 
 from qwed_guard.audit.cli import main
 
-sys.exit(main(["audit", *sys.argv[1:]]))
+if __name__ == "__main__":
+    sys.exit(main(["audit", *sys.argv[1:]]))

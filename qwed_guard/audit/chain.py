@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from typing import Any
 
-from qwed_guard.audit.record import SCHEMA, rfc3339
+from qwed_guard.audit.key import Key, key_from_env, record_sig
+from qwed_guard.audit.record import SCHEMA, canonical, rfc3339
 
 __all__ = [
     "Key",
@@ -41,48 +41,13 @@ __all__ = [
 
 _MAC_DOMAIN = b"qwed-guard.audit.checkpoint/1\n"
 _REDACT_DOMAIN = b"qwed-guard.audit.redact/1\n"
-_RECORD_DOMAIN = b"qwed-guard.audit.record/1\n"
 _ENTRY_DOMAIN = b"qwed-guard.audit.checkpoint-entry/2\n"
-
-
-class Key:
-    """An HMAC key and its public id (never the key itself in any output)."""
-
-    __slots__ = ("_record_hmac", "env", "id", "secret")
-
-    def __init__(self, secret: bytes, env: str | None = None) -> None:
-        if len(secret) < 16:
-            raise ValueError("an audit key must be at least 16 bytes")
-        self.secret = secret
-        self.env = env
-        self.id = hashlib.sha256(b"qwed-guard.audit.key-id/1\n" + secret).hexdigest()[:16]
-        # Keyed once: each record's sig copies it (half the cost of a new HMAC per record).
-        self._record_hmac = hmac.new(secret, _RECORD_DOMAIN, hashlib.sha256)
-
-    def __repr__(self) -> str:
-        return f"Key(id={self.id!r})"
-
-
-def key_from_env(env: str) -> Key:
-    """The key held by environment variable `env` (raises KeyError/ValueError if unusable)."""
-    raw = os.environ.get(env)
-    if not raw:
-        raise KeyError(f"environment variable {env} is not set")
-    return Key(raw.encode("utf-8"), env)
 
 
 def mac(key: Key, seq: int, digest: str) -> str:
     """HMAC-SHA256 of a chain position: `seq` and the hash of the record there."""
     message = _MAC_DOMAIN + f"{seq}\n{digest}".encode("ascii")
     return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
-
-
-def record_sig(key: Key, body: bytes) -> str:
-    """A record's `sig`: HMAC-SHA256 of its canonical body without `sig` and `hash` (which holds
-    its `seq` and `prev_hash`, so its place in the chain too)."""
-    mac = key._record_hmac.copy()
-    mac.update(body)
-    return mac.hexdigest()
 
 
 def entry_mac(key: Key, seq: int, digest: str, prev: str) -> str:
@@ -159,8 +124,6 @@ def mac_ok(key: Key, seq: int, digest: str, claimed: object) -> bool:
 
 def sig_ok(key: Key, record: dict[str, Any]) -> bool:
     """True when a parsed record's `sig` is the key's signature of the rest of it."""
-    from qwed_guard.audit.record import canonical
-
     claimed = record.get("sig")
     if not isinstance(claimed, str):
         return False

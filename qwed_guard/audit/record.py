@@ -17,12 +17,11 @@ import enum
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from qwed_guard._version import __version__
+from qwed_guard.audit.key import Key, record_sig
 from qwed_guard.redact import may_hold_secret
-
-if TYPE_CHECKING:
-    from qwed_guard.audit.chain import Key
 from qwed_guard.redact import scrub as _scrub
 
 __all__ = [
@@ -235,8 +234,6 @@ def seal(
         digest = chain_hash(prev_hash, body)
         record["hash"] = digest
         return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
-    from qwed_guard.audit.chain import record_sig
-
     sig = record_sig(key, body)
     digest = chain_hash(prev_hash, body, sig)
     record["sig"], record["hash"] = sig, digest
@@ -336,10 +333,5 @@ def versions() -> tuple[str | None, str | None]:
             except metadata.PackageNotFoundError:
                 return None
 
-        guard_version = lookup("qwed-guard")
-        if guard_version is None:
-            import qwed_guard
-
-            guard_version = qwed_guard.__version__
-        _versions = (lookup("qwed"), guard_version)
+        _versions = (lookup("qwed"), lookup("qwed-guard") or __version__)
     return _versions

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-# `python -m` puts the current directory first on sys.path: a policy file checked there must
-# not be able to import a module planted beside it.
-_here = os.path.realpath(os.getcwd())
-sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != _here]
+if __name__ == "__main__":
+    # `python -m` puts the current directory first on sys.path: a policy file checked there
+    # must not be able to import a module planted beside it.
+    _here = os.path.realpath(os.getcwd())
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != _here]
 
-from qwed_guard.policy.cli import main  # noqa: E402
+    from qwed_guard.policy.cli import main
 
-sys.exit(main(["policy", *sys.argv[1:]]))
+    sys.exit(main(["policy", *sys.argv[1:]]))

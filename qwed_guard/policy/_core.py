@@ -19,7 +19,6 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -28,6 +27,18 @@ from qwed_guard.hooks import Hook
 from qwed_guard.layer import Layer, ObserverLayer, guard
 from qwed_guard.outcomes import scrub
 from qwed_guard.policy._callables import check_allowed
+from qwed_guard.policy._files import load
+from qwed_guard.policy._presets import preset_data
+from qwed_guard.policy._sections import (
+    CANONICAL_ORDER,
+    OPTIONS,
+    SECTIONS,
+    UNSET,
+    VERDICT,
+    VERDICT_SPEC,
+    Section,
+    did_you_mean,
+)
 from qwed_guard.verdicts import VerdictRules
 
 __all__ = ["CANONICAL_ORDER", "Policy"]
@@ -35,40 +46,13 @@ __all__ = ["CANONICAL_ORDER", "Policy"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True, slots=True)
-class _Section:
-    """Where a section's layer class lives, and which of its parameters take a callable."""
-
-    module: str
-    cls: str
-    callables: frozenset[str] = frozenset()
-    """Parameters whose string value may be a dotted path (`pkg.mod:func`) to import."""
+def _spec(name: str) -> Section:
+    return VERDICT_SPEC if name == VERDICT else SECTIONS[name]
 
 
-# Outermost first: the canonical order (DESIGN.md) is this dict's order.
-_SECTIONS: Final[dict[str, _Section]] = {
-    "audited": _Section("qwed_guard.audit", "AuditLayer", frozenset({"redact"})),
-    "fallback": _Section("qwed_guard.fallback", "FallbackLayer", frozenset({"handler"})),
-    "alert_on_failures": _Section("qwed_guard.alerts", "AlertLayer", frozenset({"notify"})),
-    "retry": _Section("qwed_guard.retry", "RetryLayer", frozenset({"classifier", "jitter"})),
-    "circuit_breaker": _Section("qwed_guard.breaker", "CircuitBreakerLayer"),
-    "attempt_timeout": _Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
-}
-CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(_SECTIONS)
-# Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
-_VERDICT: Final = "verdict"
-_VERDICT_SPEC: Final = _Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"}))
-
-
-def _spec(name: str) -> _Section:
-    return _VERDICT_SPEC if name == _VERDICT else _SECTIONS[name]
-
-
-_OPTIONS: Final = ("order", "allow_unusual_order")
-_TOP_KEYS: Final = (*CANONICAL_ORDER, _VERDICT, *_OPTIONS)
+_TOP_KEYS: Final = (*CANONICAL_ORDER, VERDICT, *OPTIONS)
 _MAX_DEPTH: Final = 32
 _MAX_NODES: Final = 100_000  # YAML aliases can make a small file a huge (or endless) value
-_UNSET: Any = object()
 
 # Layers that react to failures: a fallback inside any of them hides every failure from it.
 _FAILURE_WATCHERS: Final = {
@@ -96,18 +80,9 @@ class _Problems:
             raise PolicyError("\n  ".join([head, *self.items]), self.items)
 
 
-def _did_you_mean(key: str, choices: Iterable[str]) -> str:
-    import difflib  # only a bad policy needs it
-
-    choices = list(choices)
-    close = [c for c in choices if key and c.startswith(key)]
-    close = close or difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _unknown(key: object, choices: Iterable[str]) -> str:
     choices = list(choices)
-    hint = _did_you_mean(key, choices) if isinstance(key, str) else ""
+    hint = did_you_mean(key, choices) if isinstance(key, str) else ""
     return f"unknown key {key!r}{hint} (known: {', '.join(choices) or 'none'})"
 
 
@@ -116,19 +91,19 @@ def _unknown(key: object, choices: Iterable[str]) -> str:
 
 
 def _plain(value: Any, path: str, problems: _Problems, depth: int = 0) -> Any:
-    """A copy of `value` as JSON data (lists for tuples, str keys), or `_UNSET` when it is not."""
+    """A copy of `value` as JSON data (lists for tuples, str keys), or `UNSET` when it is not."""
     if depth > _MAX_DEPTH:
         problems.add(path, f"nested more than {_MAX_DEPTH} levels deep")
-        return _UNSET
+        return UNSET
     problems.budget -= 1
     if problems.budget == 0:
         problems.add(path, f"more than {_MAX_NODES} values in one policy")
     if problems.budget <= 0:
-        return _UNSET
+        return UNSET
     if isinstance(value, (Mapping, list, tuple)):
         if id(value) in problems.open:
             problems.add(path, "contains itself")
-            return _UNSET
+            return UNSET
         problems.open.add(id(value))
         try:
             return _plain_container(value, path, problems, depth)
@@ -145,14 +120,14 @@ def _plain(value: Any, path: str, problems: _Problems, depth: int = 0) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             problems.add(path, f"must be a finite number, got {value}")
-            return _UNSET
+            return UNSET
         return float(value)
     problems.add(
         path,
         f"must be plain data (null, true/false, a number, a string, a list or a table), "
         f"got {type(value).__name__}",
     )
-    return _UNSET
+    return UNSET
 
 
 def _plain_container(value: Any, path: str, problems: _Problems, depth: int) -> Any:
@@ -163,11 +138,11 @@ def _plain_container(value: Any, path: str, problems: _Problems, depth: int) -> 
                 problems.add(path, f"keys must be strings, got {key!r}")
                 continue
             plain = _plain(item, f"{path}.{key}", problems, depth + 1)
-            if plain is not _UNSET:
+            if plain is not UNSET:
                 table[key] = plain
         return table
     items = [_plain(item, f"{path}[{i}]", problems, depth + 1) for i, item in enumerate(value)]
-    return [item for item in items if item is not _UNSET]
+    return [item for item in items if item is not UNSET]
 
 
 def _hashable_form(value: Any) -> Any:
@@ -243,7 +218,7 @@ def _layer_class(name: str) -> type[Layer]:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
     cls = getattr(module, section.cls, None)
-    if name == _VERDICT and isinstance(cls, type):
+    if name == VERDICT and isinstance(cls, type):
         return cls  # built like a layer, applied to the whole stack
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise LookupError(f"not available: {section.module} defines no {section.cls} layer")
@@ -266,18 +241,18 @@ def _is_set_default(parameter: inspect.Parameter) -> bool:
 
 
 def _default_data(parameter: inspect.Parameter) -> Any:
-    """The parameter's default as policy data, or `_UNSET` when data cannot say it."""
+    """The parameter's default as policy data, or `UNSET` when data cannot say it."""
     default = parameter.default
     if default is inspect.Parameter.empty:
-        return _UNSET
+        return UNSET
     if isinstance(default, (set, frozenset)):
         items = [item.value if isinstance(item, enum.Enum) else item for item in default]
-        return sorted(items) if all(isinstance(item, str) for item in items) else _UNSET
+        return sorted(items) if all(isinstance(item, str) for item in items) else UNSET
     if callable(default) and not isinstance(default, type):
-        return _dotted_name(default) or _UNSET
+        return _dotted_name(default) or UNSET
     problems = _Problems()
     plain = _plain(default, parameter.name, problems)
-    return _UNSET if problems.items else plain
+    return UNSET if problems.items else plain
 
 
 def _callable_name(value: Any, path: str, problems: _Problems) -> Any:
@@ -291,7 +266,7 @@ def _callable_name(value: Any, path: str, problems: _Problems) -> Any:
             "a function in a policy must be importable by name (module:function), so the "
             "policy can be written to a file and hashed; lambdas and local functions cannot",
         )
-        return _UNSET
+        return UNSET
     return name
 
 
@@ -304,10 +279,10 @@ def _normalize_value(
             value = [_callable_name(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
         else:
             value = _callable_name(value, path, problems)
-        if any(item is _UNSET for item in (value if isinstance(value, list) else [value])):
-            return _UNSET
+        if any(item is UNSET for item in (value if isinstance(value, list) else [value])):
+            return UNSET
     plain = _plain(value, path, problems)
-    if plain is _UNSET or parameter is None or not _is_set_default(parameter):
+    if plain is UNSET or parameter is None or not _is_set_default(parameter):
         return plain
     # A set-valued parameter: order and repeats carry no meaning, so they must not change the hash.
     items = [plain] if isinstance(plain, str) else plain
@@ -349,7 +324,7 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
         plain = _normalize_value(name, key, value, parameter, problems)
         if len(problems.items) > count:
             bad_data = True  # the layer would only report the key as missing: skip building it
-        elif plain is not _UNSET:
+        elif plain is not UNSET:
             given[key] = plain
             if callable(value) and not isinstance(value, (str, type)):
                 objects[key] = value
@@ -390,7 +365,7 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
     normalized: dict[str, Any] = {}
     for key, parameter in parameters.items():
         value = given[key] if key in given else _default_data(parameter)
-        if value is not _UNSET:
+        if value is not UNSET:
             normalized[key] = value
     normalized.update((key, value) for key, value in given.items() if key not in normalized)
     return normalized, layer if len(problems.items) == before else None
@@ -434,8 +409,8 @@ def _order_from(raw: Any, sections: list[str], problems: _Problems) -> tuple[str
         path = f"order[{index}]"
         if not isinstance(entry, str):
             problems.add(path, f"must be a section name, got {type(entry).__name__}")
-        elif entry not in _SECTIONS:
-            problems.add(path, f"unknown layer {entry!r}{_did_you_mean(entry, _SECTIONS)}")
+        elif entry not in SECTIONS:
+            problems.add(path, f"unknown layer {entry!r}{did_you_mean(entry, SECTIONS)}")
         elif entry in order:
             problems.add(path, f"{entry!r} is listed twice")
         elif entry not in sections:
@@ -509,9 +484,9 @@ class Policy:
             problems.raise_if_any()
         sections: list[str] = []
         for key in data:
-            if key in _SECTIONS:
+            if key in SECTIONS:
                 sections.append(key)
-            elif key != _VERDICT and key not in _OPTIONS:
+            elif key != VERDICT and key not in OPTIONS:
                 problems.add(str(key), _unknown(key, _TOP_KEYS))
         normalized: dict[str, Any] = {}
         layers: dict[str, Layer] = {}
@@ -521,8 +496,8 @@ class Policy:
             if layer is not None:
                 layers[name] = layer
         rules: Any = None
-        if _VERDICT in data:
-            normalized[_VERDICT], rules = _build_section(_VERDICT, data[_VERDICT], problems)
+        if VERDICT in data:
+            normalized[VERDICT], rules = _build_section(VERDICT, data[VERDICT], problems)
         allow = data.get("allow_unusual_order", False)
         if not isinstance(allow, bool):
             problems.add("allow_unusual_order", f"must be true or false, got {allow!r}")
@@ -556,8 +531,6 @@ class Policy:
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
         """A policy from a `.toml`, `.yaml`/`.yml` or `.json` file."""
-        from qwed_guard.policy._files import load
-
         data = load(Path(path))
         try:
             return cls(data)
@@ -565,7 +538,7 @@ class Policy:
             raise PolicyError(f"{path}: {exc}", exc.errors) from None
 
     @classmethod
-    def preset(cls, name: str, *, fallback_value: Any = _UNSET, **overrides: Any) -> Policy:
+    def preset(cls, name: str, *, fallback_value: Any = UNSET, **overrides: Any) -> Policy:
         """A ready-made policy: `"production"`, `"strict"` or `"dev"`.
 
         `fallback_value` is the conservative value returned when a call cannot be verified
@@ -573,8 +546,6 @@ class Policy:
         arguments are section overrides merged into the preset's section (`retry={"max_tries":
         5}`), or `None` to drop a section.
         """
-        from qwed_guard.policy._presets import preset_data
-
         return cls(preset_data(name, fallback_value, overrides))
 
     # -- reading ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from qwed_guard.errors import PolicyError
+from qwed_guard.policy._sections import OPTIONS, SECTIONS, UNSET, VERDICT, did_you_mean
 
 __all__ = ["PRESETS", "preset_data"]
 
@@ -62,25 +63,23 @@ def _sections(name: str) -> dict[str, dict[str, Any]]:
 
 def preset_data(name: str, fallback_value: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The policy data of preset `name`, with the fallback value and section overrides applied."""
-    from qwed_guard.policy._core import _OPTIONS, _SECTIONS, _UNSET, _VERDICT, _did_you_mean
-
     if name not in PRESETS:
         raise PolicyError(
-            f"unknown preset {name!r}{_did_you_mean(name, PRESETS)} (presets: {', '.join(PRESETS)})"
+            f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (presets: {', '.join(PRESETS)})"
         )
     data: dict[str, Any] = _sections(name)
     problems: list[str] = []
-    if fallback_value is not _UNSET:
+    if fallback_value is not UNSET:
         if name == "strict":
             problems.append("fallback_value: the strict preset fails closed and has no fallback")
         else:
             data["fallback"] = {"value": fallback_value}
     for key, value in overrides.items():
-        if key in _OPTIONS:
+        if key in OPTIONS:
             data[key] = value
-        elif key not in _SECTIONS and key != _VERDICT:
-            known = ", ".join(["fallback_value", *_SECTIONS, _VERDICT, *_OPTIONS])
-            problems.append(f"{key}: unknown override{_did_you_mean(key, _SECTIONS)} ({known})")
+        elif key not in SECTIONS and key != VERDICT:
+            known = ", ".join(["fallback_value", *SECTIONS, VERDICT, *OPTIONS])
+            problems.append(f"{key}: unknown override{did_you_mean(key, SECTIONS)} ({known})")
         elif value is None:
             data.pop(key, None)
         elif isinstance(value, Mapping):

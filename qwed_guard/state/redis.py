@@ -42,7 +42,8 @@ from redis.retry import Retry
 
 from qwed_guard import clock
 from qwed_guard.outcomes import register_secret, scrub
-from qwed_guard.state import Change, MemoryStore, State
+from qwed_guard.state.base import Change, State
+from qwed_guard.state.memory import MemoryStore
 
 if TYPE_CHECKING:
     from redis.commands.core import Script

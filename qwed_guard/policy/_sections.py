@@ -1,0 +1,59 @@
+"""What a policy may contain: its sections (in the canonical order), their layer classes, the
+top-level options, and the did-you-mean every policy error uses. The bottom of `policy/`:
+`_core` and `_presets` both read it, and it imports neither."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "CANONICAL_ORDER",
+    "OPTIONS",
+    "SECTIONS",
+    "UNSET",
+    "VERDICT",
+    "VERDICT_SPEC",
+    "Section",
+    "did_you_mean",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """Where a section's layer class lives, and which of its parameters take a callable."""
+
+    module: str
+    cls: str
+    callables: frozenset[str] = frozenset()
+    """Parameters whose string value may be a dotted path (`pkg.mod:func`) to import."""
+
+
+# Outermost first: the canonical order (DESIGN.md) is this dict's order.
+SECTIONS: Final[dict[str, Section]] = {
+    "audited": Section("qwed_guard.audit", "AuditLayer", frozenset({"redact"})),
+    "fallback": Section("qwed_guard.fallback", "FallbackLayer", frozenset({"handler"})),
+    "alert_on_failures": Section("qwed_guard.alerts", "AlertLayer", frozenset({"notify"})),
+    "retry": Section("qwed_guard.retry", "RetryLayer", frozenset({"classifier", "jitter"})),
+    "circuit_breaker": Section("qwed_guard.breaker", "CircuitBreakerLayer"),
+    "attempt_timeout": Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
+}
+CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(SECTIONS)
+# Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
+VERDICT: Final = "verdict"
+VERDICT_SPEC: Final = Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"}))
+# Top-level keys that are not sections.
+OPTIONS: Final = ("order", "allow_unusual_order")
+# "Not given" (a parameter default) and "not plain data" (a conversion's answer).
+UNSET: Any = object()
+
+
+def did_you_mean(key: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the choice closest to `key`, or an empty string."""
+    import difflib  # only a bad policy needs it
+
+    choices = list(choices)
+    close = [c for c in choices if key and c.startswith(key)]
+    close = close or difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
