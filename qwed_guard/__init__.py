@@ -25,13 +25,13 @@ from qwed_guard.errors import (
 )
 from qwed_guard.fallback import Failure, GuardedResult, fallback
 from qwed_guard.hooks import add_hook, remove_hook
-from qwed_guard.layer import CallOutcome, observed
-from qwed_guard.outcomes import Diagnosis, Outcome, classify, diagnose
+from qwed_guard.layer import CallOutcome, classify, observed
+from qwed_guard.outcomes import Diagnosis, Outcome
 from qwed_guard.policy import Policy
 from qwed_guard.proxy import guard_client
 from qwed_guard.retry import retry
 from qwed_guard.timeout import AttemptTimeout, attempt_timeout
-from qwed_guard.verdicts import VerdictRules, register_verdict
+from qwed_guard.verdicts import VerdictRules, diagnose, register_verdict
 
 __all__ = [
     "Alert",

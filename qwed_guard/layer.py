@@ -46,6 +46,7 @@ __all__ = [
     "GuardedFunction",
     "Layer",
     "ObserverLayer",
+    "classify",
     "end_attempt",
     "guard",
     "observed",
@@ -79,6 +80,16 @@ class Deferred(NamedTuple):
 Step = CallOutcome | float | Deferred
 """What `exit` returns: the outcome to pass up, seconds to wait before running the layers
 inside again, or an awaitable to settle first."""
+
+
+def classify(obj: Any) -> Outcome:
+    """The outcome of a QWED result, an exception, or any returned value.
+
+    >>> classify(TimeoutError())
+    <Outcome.TRANSIENT: 'transient'>
+    """
+    ctx = CURRENT.get()
+    return diagnose(obj, wire=ctx.wire if ctx is not None else None).outcome
 
 
 def outcome_of(exc: Exception) -> CallOutcome:

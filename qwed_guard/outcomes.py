@@ -27,8 +27,6 @@ __all__ = [
     "Diagnosis",
     "Outcome",
     "WireFailure",
-    "classify",
-    "diagnose",
     "diagnose_exception",
     "error_text_diagnosis",
     "parse_retry_after",
@@ -214,26 +212,6 @@ def _error_code(body: Mapping[str, Any]) -> str | None:
             if isinstance(value, str) and value:
                 return value
     return None
-
-
-def diagnose(
-    obj: Any, *, wire: WireFailure | None = None, classifier: Classifier | None = None
-) -> Diagnosis:
-    """Classify a result or an exception (see `qwed_guard.verdicts.diagnose`)."""
-    from qwed_guard.verdicts import diagnose as _diagnose
-
-    return _diagnose(obj, wire=wire, classifier=classifier)
-
-
-def classify(obj: Any) -> Outcome:
-    """The outcome of a QWED result, an exception, or any returned value.
-
-    >>> classify(TimeoutError())
-    <Outcome.TRANSIENT: 'transient'>
-    """
-    from qwed_guard.context import current_wire
-
-    return diagnose(obj, wire=current_wire()).outcome
 
 
 def parse_retry_after(

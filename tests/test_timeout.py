@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from qwed_guard import VerificationFailed, fallback, retry
+from qwed_guard import VerificationFailed, classify, fallback, retry
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
 from qwed_guard.clock import FakeClock
 from qwed_guard.context import CallContext
 from qwed_guard.errors import ParameterError, QwedGuardError
 from qwed_guard.layer import observed
-from qwed_guard.outcomes import Outcome, classify
+from qwed_guard.outcomes import Outcome
 from qwed_guard.timeout import AttemptTimeout, AttemptTimeoutLayer, attempt_timeout
 
 HANG = 0.05

@@ -19,7 +19,6 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from qwed_guard import clock
-from qwed_guard.audit import record as _record
 from qwed_guard.audit.chain import Key, key_from_env, redact_mac
 from qwed_guard.audit.record import (
     SCHEMA,
@@ -160,7 +159,7 @@ class _Call:
         self.events: list[Event] = []
         self.failure: BaseException | None = None
         self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
-        qwed_version, guard_version = _record._versions or versions()
+        qwed_version, guard_version = versions()
         query = layer._query_value(ctx)
         # With redact="hmac", the raw query wherever an error, reason or event repeats it.
         self.hidden: tuple[str, str] | None = None
