@@ -133,7 +133,7 @@ class FallbackLayer(Layer):
             verified=True,
             value=answer.value,
             confidence=answer.confidence,
-            evidence=answer.evidence,
+            evidence=answer.evidence or {},
             attempts=max(len(ctx.attempts), 1),
             status=answer.status,
             admission=answer.admission,

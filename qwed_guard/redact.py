@@ -48,17 +48,21 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 _registered_secrets: set[str] = set()
+_registered_snapshot: tuple[str, ...] = ()
+"""The same values, as a tuple that a reader in another thread can iterate safely."""
 _MIN_SECRET = 4
 _MIN_PATH_TOKEN = 8
 
 
 def register_secret(value: str) -> None:
     """Scrub this exact value (a routing key, a password) wherever it appears from now on."""
+    global _registered_snapshot
     if isinstance(value, str) and len(value) >= _MIN_SECRET:
         _registered_secrets.add(value)
         decoded = unquote(value)
         if decoded != value and len(decoded) >= _MIN_SECRET:
             _registered_secrets.add(decoded)
+        _registered_snapshot = tuple(_registered_secrets)
 
 
 def register_url(url: str) -> None:
@@ -104,13 +108,14 @@ def scrub(text: str) -> str:
 
 
 def may_hold_secret(text: str) -> bool:
-    """False only for text none of `scrub`'s patterns can match (a cheap pre-check)."""
-    if _registered_secrets:
-        return True
+    """False only for text none of `scrub`'s patterns and registered secrets can match (a
+    cheap pre-check)."""
     if "sk-" in text or "://" in text or "=" in text:
         return True
     lowered = text.lower()
-    return any(word in lowered for word in _HEADER_WORDS)
+    if any(word in lowered for word in _HEADER_WORDS):
+        return True
+    return any(secret in text for secret in _registered_snapshot)
 
 
 # Every pattern above that needs neither "sk-", "://" nor "=" needs one of these words.

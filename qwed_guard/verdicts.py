@@ -29,7 +29,8 @@ import math
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from qwed_guard import clock
 from qwed_guard.errors import bad_parameter
@@ -86,14 +87,17 @@ _ANSWER_KEYS = ("final_answer", "answer", "simplified", "result", "is_safe", "is
 _UNREACHABLE = ("server unreachable", "could not be reached", "verification unavailable")
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What a result says, as `GuardedResult` and the audit trail show it."""
+_NO_EVIDENCE: Mapping[str, Any] = MappingProxyType({})
+
+
+class Answer(NamedTuple):
+    """What a result says, as `GuardedResult` and the audit trail show it (immutable: a
+    NamedTuple, read on every call)."""
 
     value: Any
     confidence: float | None = None
     """What QWED said; None when it said nothing (never a made-up 1.0)."""
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Mapping[str, Any] = _NO_EVIDENCE
     status: str | None = None
     admission: str | None = None
     attestation: str | None = None
@@ -229,7 +233,7 @@ def _local_answer(result: Any) -> Answer:
     return Answer(
         getattr(result, "value", None),
         _finite(getattr(result, "confidence", None)),
-        evidence if isinstance(evidence, Mapping) else {},
+        evidence if type(evidence) is dict or isinstance(evidence, Mapping) else _NO_EVIDENCE,
     )
 
 
@@ -492,29 +496,29 @@ def _judge_structural(result: Any, rules: VerdictRules) -> Diagnosis:
 
 
 def _object_answer(result: Any) -> Answer:
-    if isinstance(result, Mapping):
-        if "verified" in result:
-            evidence = result.get("evidence")
-            return Answer(
-                result.get("value"),
-                _finite(result.get("confidence")),
-                evidence if isinstance(evidence, Mapping) else {},
-            )
-        if "is_verified" in result or "admission" in result:
-            status = result.get("status")
-            inner = result.get("result")
-            data = inner if isinstance(inner, Mapping) else result
-            return _response_answer(
-                data,
-                status if isinstance(status, str) else None,
-                result.get("admission"),
-                result.get("attestation"),
-            )
+    if type(result) is not dict and not isinstance(result, Mapping):
+        if hasattr(result, "verified"):
+            return _local_answer(result)
+        if hasattr(result, "is_verified"):
+            return _hosted_answer(result)
         return Answer(result)
-    if hasattr(result, "verified"):
-        return _local_answer(result)
-    if hasattr(result, "is_verified"):
-        return _hosted_answer(result)
+    if "verified" in result:
+        evidence = result.get("evidence")
+        return Answer(
+            result.get("value"),
+            _finite(result.get("confidence")),
+            evidence if isinstance(evidence, Mapping) else _NO_EVIDENCE,
+        )
+    if "is_verified" in result or "admission" in result:
+        status = result.get("status")
+        inner = result.get("result")
+        data = inner if isinstance(inner, Mapping) else result
+        return _response_answer(
+            data,
+            status if isinstance(status, str) else None,
+            result.get("admission"),
+            result.get("attestation"),
+        )
     return Answer(result)
 
 
