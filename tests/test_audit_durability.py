@@ -323,3 +323,34 @@ def test_torn_tail_is_repaired_on_open_and_recorded(tmp_path: Path) -> None:
     assert records[3]["dropped_bytes"] == len(torn)
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
     assert verify_trail(str(path)).ok and torn not in path.read_bytes()
+
+
+def test_a_flush_asked_for_during_a_commit_does_not_wait_another_batch_window() -> None:
+    import threading
+
+    from qwed_guard.audit.sinks.base import ChainedSink
+
+    committing, release = threading.Event(), threading.Event()
+    commits: list[int] = []
+
+    class Slow(ChainedSink):
+        def _commit(self, records: list[dict[str, Any]], durable: bool) -> None:
+            committing.set()
+            assert release.wait(5)
+            commits.append(len(records))
+
+    # A 30 s window: a flush that waited for it would time out below.
+    sink = Slow(fsync="batch", batch_ms=30_000, batch_size=10_000)
+    sink.append([{"n": 1}])
+    assert committing.wait(5)  # the first batch is being committed
+    sink.append([{"n": 2}])  # queued behind it
+    done = threading.Event()
+    flusher = threading.Thread(target=lambda: (sink.flush(timeout=10), done.set()))
+    flusher.start()
+    release.set()
+    started = time.monotonic()
+    assert done.wait(5), "flush waited for a batch window after the commit it asked during"
+    assert time.monotonic() - started < 5
+    flusher.join()
+    assert commits == [1, 1]
+    sink.close()

@@ -16,7 +16,8 @@ import asyncio
 import copy
 import inspect
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Literal, TypeVar, overload
+from functools import partial
+from typing import Any, Literal, TypeVar, cast, overload
 
 from qwed_guard import clock
 from qwed_guard.audit.chain import Key, key_from_env, redact_mac
@@ -30,11 +31,12 @@ from qwed_guard.audit.record import (
     versions,
 )
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
-from qwed_guard.audit.sinks.base import check_options
+from qwed_guard.audit.sinks.base import BuildingSink, check_options
 from qwed_guard.context import CallContext
 from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.fallback import GuardedResult
 from qwed_guard.hooks import (
+    Attempt,
     AttemptEnded,
     AttemptStarted,
     CallEnded,
@@ -44,7 +46,7 @@ from qwed_guard.hooks import (
     RetryScheduled,
 )
 from qwed_guard.layer import Layer, guard
-from qwed_guard.outcomes import Outcome
+from qwed_guard.outcomes import ANSWERED, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules, attestation_summary
 
 __all__ = ["AuditLayer", "audited"]
@@ -60,10 +62,16 @@ _MIN_HIDDEN = 4
 _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
-def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
-    """(verified, value, confidence) of what an attempt or a call produced.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+Read = tuple[bool, Any, Any]
+"""(verified, value, confidence) as a call or an attempt produced them, not yet record data."""
 
-    `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is.
+
+def _read(result: Any, outcome: Outcome) -> Read:
+    """What an attempt or a call produced, read once, on the caller's side.
+
+    `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is. A
+    value that could change after the call returns is copied as record data now.
     """
     if isinstance(result, BaseException):
         return False, None, None
@@ -74,24 +82,26 @@ def _result_fields(result: Any, outcome: Outcome) -> tuple[bool, Any, Any]:
     else:
         answer = answer_of(result)
         value, confidence = answer.value, answer.confidence
+    if type(value) not in _SCALARS:
+        value = jsonable(value)
+    if type(confidence) not in _SCALARS:
+        confidence = jsonable(confidence)
+    return verified, value, confidence
+
+
+def _data(value: Any) -> Any:
+    """A read value as record data (no floats: their shortest decimal text)."""
     kind = type(value)
-    return (
-        verified,
-        value
-        if value is None or kind is int
-        else float_text(value)
-        if kind is float
-        else jsonable(value),
-        float_text(confidence) if type(confidence) is float else jsonable(confidence),
-    )
+    if value is None or kind is int or kind is bool:
+        return value
+    if kind is float:
+        return float_text(value)
+    return jsonable(value)
 
 
-def _attestation_field(result: Any, verified: bool, rules: VerdictRules) -> Any:
-    """The attestation's id and digest, when the answer carries one (a fallback never does)."""
+def _token(result: Any) -> str | None:
     token = getattr(result, "attestation", None)
-    if not isinstance(token, str) or not token:
-        return None
-    return attestation_summary(token, checked=verified and rules.require_attestation)
+    return token if isinstance(token, str) and token else None
 
 
 class _QueryLocator:
@@ -147,38 +157,44 @@ class _QueryLocator:
 
 
 class _Call:
-    """One call's view of the trail: the watcher that writes its records."""
+    """One call's watcher. On the caller's side it only captures what happened, as small
+    values; the records are built from them where they are sealed (a batch sink's writer
+    thread), so the call path stays cheap. An attempt that failed is handed to the sink at
+    once (a wait may follow); the last, answered one goes with the call record.
+    """
 
-    __slots__ = ("call_id", "common", "ctx", "events", "failure", "hidden", "last", "layer")
+    __slots__ = (
+        "common",
+        "ctx",
+        "events",
+        "failure",
+        "fields",
+        "held",
+        "hidden",
+        "last",
+        "layer",
+        "policy",
+        "query",
+    )
     ignores = _QUIET_EVENTS
 
     def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
         self.layer = layer
         self.ctx = ctx
-        self.call_id = ctx.call_id
         self.events: list[Event] = []
         self.failure: BaseException | None = None
-        self.last: tuple[Any, tuple[bool, Any, Any]] | None = None
-        qwed_version, guard_version = versions()
-        query = layer._query_value(ctx)
-        # With redact="hmac", the raw query wherever an error, reason or event repeats it.
+        self.last: tuple[Any, Read] | None = None
+        self.held: Callable[[], dict[str, Any]] | None = None
+        self.policy = ctx.policy_hash
+        query = layer._query.find(ctx.args, ctx.kwargs)
+        self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
+        self.fields = jsonable(ctx.fields) if ctx.fields else None
+        self.common: dict[str, Any] | None = None
         self.hidden: tuple[str, str] | None = None
-        if layer.redact_key is not None and query is not None:
-            raw = layer._query.find(ctx.args, ctx.kwargs)
-            text = raw if isinstance(raw, str) else repr(raw)
-            if len(text) >= _MIN_HIDDEN:
-                self.hidden = (text, query)
-        # The fields every record of this call shares.
-        self.common: dict[str, Any] = {
-            "v": SCHEMA,
-            "call_id": self.call_id,
-            "function": layer._function,
-            "query": query,
-            "context": layer._context_value(ctx) if ctx.fields or layer.context else {},
-            "policy": ctx.policy_hash,
-            "qwed": qwed_version,
-            "qwed_guard": guard_version,
-        }
+
+    @property
+    def call_id(self) -> str:
+        return self.ctx.call_id
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
@@ -188,26 +204,119 @@ class _Call:
         elif type(event) not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
             self.events.append(event)
 
+    # --- on the caller's side: capture ----------------------------------------------------
     def _attempt(self, event: AttemptEnded) -> None:
         attempt = event.record
-        outcome = attempt.outcome
         result = event.result
-        fields = _result_fields(result, outcome)
-        self.last = (result, fields)
-        verified, value, confidence = fields
+        read = _read(result, attempt.outcome)
+        self.last = (result, read)
+        pending = partial(self._attempt_record, attempt, event.wall, read, _token(result))
+        if attempt.outcome in ANSWERED and not isinstance(result, BaseException):
+            self.held = pending  # the last attempt: it goes with the call record
+        else:
+            self.layer._write(self, (pending,))
+
+    def finish(self, ended: CallEnded) -> None:
+        ctx = self.ctx
+        result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
+        reason: str | None = None
+        exception: str | None = None
+        token: str | None = None
+        if exc is not None:
+            outcome = diagnosis.outcome
+            source: str | None = None
+            read: Read = (False, None, None)
+            error: str | None = diagnosis.error or f"{type(exc).__name__}: {exc}"
+            exception = type(exc).__name__
+            given = getattr(exc, "reason", None)
+            reason = given if isinstance(given, str) else None
+        elif type(result) is GuardedResult:
+            outcome = result.outcome
+            source = result.source
+            last = self.last
+            if source == "verified" and last is not None and last[0] is result.result:
+                read = last[1]  # the verified attempt's own result
+            else:
+                read = _read(result, outcome)
+            error = result.error
+            reason = result.reason
+            token = _token(result)
+        else:
+            outcome = diagnosis.outcome
+            source = _SOURCES.get(outcome, "unverified")
+            read = _read(result, outcome)
+            error = diagnosis.error
+            token = _token(result)
+        call = partial(
+            self._call_record,
+            ended.wall,
+            len(ctx.attempts),
+            clock.monotonic() - ctx.started,
+            outcome,
+            read,
+            error,
+            source,
+            reason,
+            exception,
+            token,
+        )
+        held = self.held
+        self.layer._write(self, (call,) if held is None else (held, call))
+        if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
+            self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        failure = self.failure
+        if failure is not None:
+            if isinstance(failure, AuditError):
+                raise AuditError(f"call {self.call_id} not audited: {failure}") from failure
+            raise AuditError(
+                f"call {self.call_id} not audited: {type(failure).__name__}: {failure}"
+            ) from failure
+
+    # --- where the records are sealed: build ----------------------------------------------
+    def _common(self) -> dict[str, Any]:
+        """The fields every record of this call shares (built once)."""
+        common = self.common
+        if common is None:
+            layer = self.layer
+            query = layer._query_value(self.query)
+            # With redact="hmac", the raw query wherever an error, reason or event repeats it.
+            if layer.redact_key is not None and query is not None:
+                raw = self.query
+                text = raw if isinstance(raw, str) else repr(raw)
+                if len(text) >= _MIN_HIDDEN:
+                    self.hidden = (text, query)
+            qwed_version, guard_version = versions()
+            common = self.common = {
+                "v": SCHEMA,
+                "call_id": self.call_id,
+                "function": layer._function,
+                "query": query,
+                "context": layer._context_value(self.fields),
+                "policy": self.policy,
+                "qwed": qwed_version,
+                "qwed_guard": guard_version,
+            }
+        return common
+
+    def _attempt_record(
+        self, attempt: Attempt, wall: float, read: Read, token: str | None
+    ) -> dict[str, Any]:
+        record = Record(self._common())
+        verified, value, confidence = read
         error = attempt.error
         number = attempt.number
-        record = Record(self.common)
         record.update(
             {
                 "id": f"{self.call_id}/a{number}",
-                "ts": rfc3339(event.wall),
+                "ts": rfc3339(wall),
                 "event": "attempt",
                 "attempt": number,
-                "outcome": outcome._value_,
+                "outcome": attempt.outcome._value_,
                 "verified": verified,
-                "value": value,
-                "confidence": confidence,
+                "value": _data(value),
+                "confidence": _data(confidence),
                 "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
@@ -216,10 +325,61 @@ class _Call:
         )
         if attempt.reused:  # only on attempts that took replies from an earlier one
             record["reused"] = attempt.reused
-        attestation = _attestation_field(result, verified, self.ctx.rules)
-        if attestation is not None:
-            record["attestation"] = attestation
-        self.layer._write(self, record)
+        if token is not None:
+            checked = verified and self.ctx.rules.require_attestation
+            record["attestation"] = attestation_summary(token, checked=checked)
+        return record
+
+    def _call_record(
+        self,
+        wall: float,
+        attempts: int,
+        duration: float,
+        outcome: Outcome,
+        read: Read,
+        error: str | None,
+        source: str | None,
+        reason: str | None,
+        exception: str | None,
+        token: str | None,
+    ) -> dict[str, Any]:
+        record = Record(self._common())
+        events: list[dict[str, Any]] = []
+        for event in self.events:
+            if type(event) is GaveUp:
+                if reason is None:
+                    reason = event.reason
+                continue
+            item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
+            item["ts"] = rfc3339(event.wall)
+            for name, datum in zip(event._fields[2:], event[2:], strict=True):
+                if name == "reason" and type(event) is FallbackUsed:
+                    continue  # the call's own `reason`
+                item[name] = jsonable(datum)
+            events.append(self.hide(item) if self.hidden else item)
+        verified, value, confidence = read
+        record.update(
+            {
+                "id": f"{self.call_id}/call",
+                "ts": rfc3339(wall),
+                "event": "call",
+                "attempt": attempts,
+                "outcome": outcome._value_,
+                "verified": verified,
+                "value": _data(value),
+                "confidence": _data(confidence),
+                "error": self.text(error) if error else None,
+                "duration_us": round(duration * 1_000_000),
+                "source": source,
+                "reason": self.text(reason) if reason else None,
+                "exception": exception,
+                "events": events,
+            }
+        )
+        if token is not None:
+            checked = verified and self.ctx.rules.require_attestation
+            record["attestation"] = attestation_summary(token, checked=checked)
+        return record
 
     def text(self, text: str) -> str:
         """`text` scrubbed, and with redact="hmac" the raw query in it replaced by its HMAC."""
@@ -238,82 +398,18 @@ class _Call:
             return [self.hide(v) for v in value]
         return value
 
-    def finish(self, ended: CallEnded) -> None:
-        ctx = self.ctx
-        reason: str | None = None
-        exception: str | None = None
-        result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
-        if exc is not None:
-            outcome = diagnosis.outcome
-            source: str | None = None
-            verified, value, confidence = False, None, None
-            error: str | None = diagnosis.error or f"{type(exc).__name__}: {exc}"
-            exception = type(exc).__name__
-            given = getattr(exc, "reason", None)
-            reason = given if isinstance(given, str) else None
-        elif type(result) is GuardedResult:
-            outcome = result.outcome
-            source = result.source
-            last = self.last
-            if source == "verified" and last is not None and last[0] is result.result:
-                verified, value, confidence = last[1]  # the verified attempt's own result
-            else:
-                verified, value, confidence = _result_fields(result, outcome)
-            error = result.error
-            reason = result.reason
-        else:
-            outcome = diagnosis.outcome
-            source = _SOURCES.get(outcome, "unverified")
-            verified, value, confidence = _result_fields(result, outcome)
-            error = diagnosis.error
-        events: list[dict[str, Any]] = []
-        for event in self.events:
-            if type(event) is GaveUp:
-                if reason is None:
-                    reason = event.reason
-                continue
-            item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
-            item["ts"] = rfc3339(event.wall)
-            for name, datum in zip(event._fields[2:], event[2:], strict=True):
-                if name == "reason" and type(event) is FallbackUsed:
-                    continue  # the call's own `reason`
-                item[name] = jsonable(datum)
-            events.append(self.hide(item) if self.hidden else item)
-        record = Record(self.common)
-        record.update(
-            {
-                "id": f"{self.call_id}/call",
-                "ts": rfc3339(clock.wall()),
-                "event": "call",
-                "attempt": len(ctx.attempts),
-                "outcome": outcome._value_,
-                "verified": verified,
-                "value": value,
-                "confidence": confidence,
-                "error": self.text(error) if error else None,
-                "duration_us": round((clock.monotonic() - ctx.started) * 1_000_000),
-                "source": source,
-                "reason": self.text(reason) if reason else None,
-                "exception": exception,
-                "events": events,
-            }
-        )
-        if exc is None:
-            attestation = _attestation_field(result, verified, ctx.rules)
-            if attestation is not None:
-                record["attestation"] = attestation
-        self.layer._write(self, record)
-        if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
-            self.raise_if_failed()
 
-    def raise_if_failed(self) -> None:
-        failure = self.failure
-        if failure is not None:
-            if isinstance(failure, AuditError):
-                raise AuditError(f"call {self.call_id} not audited: {failure}") from failure
-            raise AuditError(
-                f"call {self.call_id} not audited: {type(failure).__name__}: {failure}"
-            ) from failure
+class _Copied:
+    """A query that was not a plain value: its record data and repr, copied at call time."""
+
+    __slots__ = ("data", "text")
+
+    def __init__(self, data: Any, text: str) -> None:
+        self.data = data
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 class AuditLayer(Layer):
@@ -407,6 +503,9 @@ class AuditLayer(Layer):
         self._function = "?"
         self._query = _QueryLocator(None, query_arg)
         self.hooks = (self._watch,)
+        # A sink that builds records where it seals them gets the builders (no redactor can
+        # then run on the caller's side, where its failure fails only its call).
+        self._defer = self.redactor is None and getattr(self.sink, "builds_records", False)
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> AuditLayer:
         bound = copy.copy(self)
@@ -436,22 +535,20 @@ class AuditLayer(Layer):
         self.sink.close()
 
     # --- per call ---------------------------------------------------------------------
-    def _query_value(self, ctx: CallContext) -> Any:
-        query = self._query.find(ctx.args, ctx.kwargs)
+    def _query_value(self, query: Any) -> Any:
         if query is None:
             return None
         if self.redact_key is not None:
             text = query if isinstance(query, str) else repr(query)
             return redact_mac(self.redact_key, text)
-        return jsonable(query)
+        return query.data if type(query) is _Copied else jsonable(query)
 
-    def _context_value(self, ctx: CallContext) -> dict[str, Any]:
-        fields = ctx.fields
+    def _context_value(self, fields: dict[str, Any] | None) -> dict[str, Any]:
         if not fields and not self.context:
             return {}
         merged: dict[str, Any] = dict(self.context)
         if fields:
-            merged.update(jsonable(fields))
+            merged.update(fields)
         key = self.redact_key
         if key is not None:
             chosen = self.redact_context
@@ -461,17 +558,24 @@ class AuditLayer(Layer):
                     merged[name] = redact_mac(key, text)
         return merged
 
-    def _write(self, call: _Call, record: dict[str, Any]) -> None:
+    def _write(self, call: _Call, pending: tuple[Callable[[], dict[str, Any]], ...]) -> None:
+        """Hand records to the sink: as builders, when it builds them where it seals them."""
+        try:
+            if self._defer:
+                cast("BuildingSink", self.sink).append(pending)
+                return
+            records = [build() for build in pending]
+        except Exception as exc:
+            self._failed(call, exc)
+            return
         if self.redactor is not None:
             try:
-                record = self.redactor(record)
+                records = [dict(self.redactor(record)) for record in records]
             except Exception as exc:
                 self._failed(call, exc)
                 return
-            if type(record) is Record:  # maybe changed in place: no longer known to be plain
-                record = dict(record)
         try:
-            self.sink.append((record,))
+            self.sink.append(records)
         except Exception as exc:
             self._failed(call, exc)
 

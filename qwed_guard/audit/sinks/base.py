@@ -7,13 +7,23 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from qwed_guard.audit.chain import Key
 from qwed_guard.errors import AuditError, bad_parameter
 
-__all__ = ["FLUSH_TIMEOUT", "FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink", "check_options"]
+__all__ = [
+    "FLUSH_TIMEOUT",
+    "FSYNC_MODES",
+    "BuildingSink",
+    "ChainedSink",
+    "FsyncMode",
+    "RecordBuilder",
+    "Sink",
+    "built",
+    "check_options",
+]
 
 FsyncMode = Literal["always", "batch", "none"]
 MAX_BATCH_SIZE = 1_000_000
@@ -40,6 +50,25 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+RecordBuilder = Callable[[], dict[str, Any]]
+"""A record not built yet: what a call captured, and the function that makes the record."""
+
+
+@runtime_checkable
+class BuildingSink(Protocol):
+    """A sink that also takes record builders (`builds_records = True`) and calls them where it
+    seals the records (its writer thread, in batch mode), off the caller's path."""
+
+    builds_records: bool
+
+    def append(self, records: Sequence[dict[str, Any] | RecordBuilder]) -> None: ...
+
+
+def built(records: Sequence[dict[str, Any] | RecordBuilder]) -> list[dict[str, Any]]:
+    """The records, with every builder called."""
+    return [record if isinstance(record, dict) else record() for record in records]
 
 
 _LIMITS: dict[str, tuple[type, float, float, bool]] = {
@@ -97,6 +126,7 @@ class ChainedSink:
     """
 
     kind = "chained"
+    builds_records = True
 
     def __init__(
         self,
@@ -123,7 +153,7 @@ class ChainedSink:
         # `append` takes the bare lock (C-level) and only notifies through the condition.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any] | RecordBuilder] = []
         self._inflight = 0
         self._flushes = 0
         self._error: BaseException | None = None
@@ -144,12 +174,12 @@ class ChainedSink:
         self._init_batch_state()
 
     # --- the Sink protocol ----------------------------------------------------------------
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
+    def append(self, records: Sequence[dict[str, Any] | RecordBuilder]) -> None:
         if self.fsync != "batch":
             with self._write_lock:
                 if self._closed:
                     raise AuditError(f"{self.describe()}: the sink is closed")
-                self._commit(list(records), self.fsync == "always")
+                self._commit(built(records), self.fsync == "always")
             return
         with self._lock:
             if self._error is not None:
@@ -242,6 +272,10 @@ class ChainedSink:
 
     def _write_batches(self) -> None:
         cond = self._cond
+        # The flush requests a commit has served: one asked for while a commit runs is served
+        # by the next commit at once, not after another batch window (nor one made before
+        # this thread ran: the first batch does not wait).
+        served = -1
         # Group commit waits in real time: under a test's fake clock it must still flush.
         while True:
             with cond:
@@ -250,21 +284,21 @@ class ChainedSink:
                 if not self._pending:
                     return
                 deadline = time.monotonic() + self.batch_ms / 1000.0
-                flushes = self._flushes
                 while (
                     len(self._pending) < self.batch_size
                     and not self._closing
-                    and self._flushes == flushes
+                    and self._flushes == served
                 ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     cond.wait(remaining)
+                served = self._flushes
                 batch, self._pending = self._pending, []
                 self._inflight = len(batch)
             try:
                 with self._write_lock:
-                    self._commit(batch, True)
+                    self._commit(built(batch), True)
             except BaseException as exc:  # kept, and raised to the next caller: fail closed
                 with cond:
                     self._fail_pending(exc)

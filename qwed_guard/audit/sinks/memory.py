@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwed_guard.audit.record import GENESIS, seal
+from qwed_guard.audit.sinks.base import RecordBuilder, built
 
 __all__ = ["MemorySink"]
 
@@ -16,15 +17,16 @@ class MemorySink:
     appending costs a list extend; the chain is the same as a file sink would write."""
 
     kind = "memory"
+    builds_records = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any] | RecordBuilder] = []
         self._sealed: list[dict[str, Any]] = []
         self._lines: list[bytes] = []
         self._head = GENESIS
 
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
+    def append(self, records: Sequence[dict[str, Any] | RecordBuilder]) -> None:
         with self._lock:
             self._pending.extend(records)
 
@@ -41,7 +43,7 @@ class MemorySink:
     def _seal(self) -> None:
         seq = len(self._sealed)
         head = self._head
-        for record in self._pending:
+        for record in built(self._pending):
             seq += 1
             line, head = seal(record, seq, head)
             self._sealed.append(record)
