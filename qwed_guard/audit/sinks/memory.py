@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from qwed_guard.audit.record import GENESIS, seal
 
@@ -16,6 +16,13 @@ class MemorySink:
     appending costs a list extend; the chain is the same as a file sink would write."""
 
     kind = "memory"
+    schemes = ("memory",)
+    options: ClassVar[None] = None
+    """It takes no options: nothing to batch, fsync or rotate."""
+
+    @classmethod
+    def from_url(cls, url: str) -> MemorySink:
+        return cls()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
