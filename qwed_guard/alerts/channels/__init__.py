@@ -2,7 +2,7 @@
 
 `notify` items: `"log"`, a callable, `"package.module:function"`, a `Channel`, or a one-key
 mapping naming the channel: `{"webhook": {...}}`, `{"slack": {...}}`, `{"pagerduty": {...}}`,
-`{"email": {...}}`, `{"log": {...}}`, `{"function": {"call": "module:function"}}`. A name picks
+`{"email": {...}}`, `{"log": {...}}`, `{"function": {"call": callable}}`. A name picks
 a row of the channel registry, `name -> "package.module:Class"`, imported only when used;
 `register_channel` adds a row.
 """
@@ -64,7 +64,9 @@ def build_channel(item: Any, index: int = 0, timeout: float = DEFAULT_TIMEOUT) -
     if isinstance(item, Channel):
         return item
     if isinstance(item, str) and ":" in item:
-        return _from_mapping(where, "function", {"call": item}, timeout)
+        from qwed_guard.alerts.channels.function import import_callable
+
+        return _from_mapping(where, "function", {"call": import_callable(item)}, timeout)
     if isinstance(item, str):
         hint = ""
         if item in CHANNELS:
