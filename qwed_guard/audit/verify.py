@@ -118,13 +118,9 @@ Claims = dict[int, list[dict[str, Any]]]
 
 def _load_claims(path: str, *, chained: bool) -> tuple[Claims, int, Problem | None]:
     """The entries of a checkpoint (or anchor) file by seq, how many, and a problem if any."""
-    from qwed_guard.audit.sinks.files import check_readable
+    from qwed_guard.audit.sinks.files import side_lines
 
-    if not os.path.lexists(path):
-        return {}, 0, None
-    check_readable(path)
-    with open(path, "rb") as handle:
-        return _parse_claims(handle, os.path.basename(path), chained=chained)
+    return _parse_claims(side_lines(path), os.path.basename(path), chained=chained)
 
 
 def _parse_claims(

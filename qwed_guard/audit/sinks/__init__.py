@@ -39,7 +39,6 @@ __all__ = [
     "close_all",
     "open_trail",
     "register_sink",
-    "sink_class",
     "sink_from_url",
 ]
 
@@ -72,17 +71,6 @@ def register_sink(scheme: str, target: str | type) -> None:
     """Open `scheme:...` URLs with `target`: `"package.module:Class"` (imported when a URL of
     that scheme is first opened) or the class. See "Adding a sink" in the audit guide."""
     SINKS.register(scheme, target)
-
-
-def sink_class(scheme: str) -> Any:
-    """The class registered for `scheme` (imported now), or a `ParameterError` naming the
-    schemes there are."""
-    if scheme not in SINKS:
-        raise bad_parameter(
-            "sink",
-            f"unsupported sink URL scheme {scheme!r} (supported: {', '.join(SINKS.names())})",
-        )
-    return SINKS.load(scheme)
 
 
 def _resolve(spec: str, reading: bool) -> tuple[Any, str]:

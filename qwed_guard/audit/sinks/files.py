@@ -165,6 +165,14 @@ def check_readable(path: str) -> None:
         raise ValueError(f"{path} is {kind}, not an audit trail file")
 
 
+def side_lines(path: str) -> Iterator[bytes]:
+    """The lines of a side file (checkpoints, anchor); none when it does not exist."""
+    if os.path.lexists(path):
+        check_readable(path)
+        with open(path, "rb") as handle:
+            yield from handle
+
+
 class FileSink(ChainedSink):
     """A chained sink whose trail is the file `path` (opened from `scheme:PATH`), with its
     checkpoint entries in `<path>.checkpoints` and, if named, the anchor file."""
@@ -207,11 +215,7 @@ class FileTrail(Trail):
         self.checkpoints_name = os.path.basename(self.side)
 
     def checkpoints(self) -> Iterator[bytes]:
-        if not os.path.lexists(self.side):
-            return
-        check_readable(self.side)
-        with open(self.side, "rb") as handle:
-            yield from handle
+        return side_lines(self.side)
 
     def unreadable(self, missing_ok: bool = False) -> str | None:
         if not os.path.exists(self.path):
