@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from qwed_guard import clock
-from qwed_guard.audit.chain import prune_record
-from qwed_guard.audit.record import GENESIS, SCHEMA, rfc3339, versions
+from qwed_guard.audit.chain import event_record, prune_record
+from qwed_guard.audit.record import GENESIS, SCHEMA, versions
 from qwed_guard.audit.sinks.base import Row, check_options
 from qwed_guard.audit.sinks.files import (
     FileSink,
@@ -225,15 +225,14 @@ class JsonlSink(FileSink):
             dropped = os.pread(fd, size - cut, cut)
             os.ftruncate(fd, cut)
             os.fsync(fd)
-            repair = {
-                "v": SCHEMA,
-                "id": f"repair/{os.getpid()}/{size}",
-                "ts": rfc3339(clock.wall()),
-                "event": "repair",
-                "dropped_bytes": len(dropped),
-                "dropped_sha256": hashlib.sha256(dropped).hexdigest(),
-                "qwed_guard": versions()[1],
-            }
+            repair = event_record(
+                "repair",
+                f"repair/{os.getpid()}/{size}",
+                clock.wall(),
+                dropped_bytes=len(dropped),
+                dropped_sha256=hashlib.sha256(dropped).hexdigest(),
+                qwed_guard=versions()[1],
+            )
             size = cut
         head = self._head_of_rotated() if size == 0 else _head_of(fd, size, self.path)
         if head is None:
