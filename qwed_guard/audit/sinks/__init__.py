@@ -21,7 +21,7 @@ from qwed_guard.audit.sinks.jsonl import JsonlSink
 from qwed_guard.audit.sinks.memory import MemorySink
 from qwed_guard.audit.sinks.mirror import FanOut, LoguruMirror
 from qwed_guard.errors import bad_parameter
-from qwed_guard.registry import Registry
+from qwed_guard.registry import Registry, import_object
 from qwed_guard.urls import split_scheme
 
 __all__ = [
@@ -63,7 +63,8 @@ _open_lock = threading.Lock()
 
 def __getattr__(name: str) -> Any:
     if name in ("SqliteSink", "PostgresSink"):  # imported on use: sqlite3 and psycopg cost
-        return SINKS.load("sqlite" if name == "SqliteSink" else "postgresql")
+        module = "sqlite" if name == "SqliteSink" else "postgres"
+        return import_object(f"qwed_guard.audit.sinks.{module}:{name}", "sink")
     raise AttributeError(name)
 
 

@@ -518,21 +518,23 @@ class PostgresSink(ChainedSink):
                 self.replay_spool()
 
     def _finish(self) -> None:
-        if self._spool_waiting():
-            with contextlib.suppress(AuditError):
-                self._commit([], True)
+        try:
             if self._spool_waiting():
-                from loguru import logger
+                with contextlib.suppress(AuditError):
+                    self._commit([], True)
+                if self._spool_waiting():
+                    from loguru import logger
 
-                logger.warning(
-                    "qwed_guard audit: {} left records in the spool {}; the next writer "
-                    "replays them",
-                    self.describe(),
-                    self.spool_path,
-                )
-        if self._degraded:
-            self._unsigned = 0  # no closing checkpoint while PostgreSQL is away
-        super()._finish()
+                    logger.warning(
+                        "qwed_guard audit: {} left records in the spool {}; the next writer "
+                        "replays them",
+                        self.describe(),
+                        self.spool_path,
+                    )
+        finally:
+            if self._degraded:
+                self._unsigned = 0  # no closing checkpoint while PostgreSQL is away
+            super()._finish()
 
     def _release(self) -> None:
         self._drop_connection()
