@@ -50,7 +50,8 @@ def _looks_like_trail(first: bytes) -> bool:
 
     newline = first.find(b"\n")
     if newline < 0:
-        return first.startswith(b'{"')  # one torn record, left by a crash on the first write
+        # Empty: created by a writer killed before its first record; or one torn record.
+        return not first or first.startswith(b'{"')
     try:
         record = orjson.loads(first[:newline])
     except orjson.JSONDecodeError:
