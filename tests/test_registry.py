@@ -202,7 +202,7 @@ def test_a_channel_registered_by_path_is_imported_when_used_and_checks_its_setti
     assert isinstance(channel, Collect) and channel.name == "collect(b)"
     with pytest.raises(ParameterError, match=r"notify: \[0\] collect2: .*unexpected keyword"):
         build_channels([{"collect2": {"bin": "b"}}])
-    with pytest.raises(ParameterError, match=r"unknown channel 'teams'; choose from .*collect"):
-        build_channels([{"teams": {}}])
+    with pytest.raises(ParameterError, match=r"unknown channel 'nosuch'; choose from .*collect"):
+        build_channels([{"nosuch": {}}])
     with pytest.raises(ParameterError, match=r"expected a class or 'package\.module:Class'"):
         register_channel("broken", "no_colon")
