@@ -37,6 +37,7 @@ __all__ = [
     "SqliteSink",
     "Trail",
     "close_all",
+    "is_postgres_url",
     "open_trail",
     "register_sink",
     "sink_from_url",
@@ -66,6 +67,11 @@ def __getattr__(name: str) -> Any:
         module = "sqlite" if name == "SqliteSink" else "postgres"
         return import_object(f"qwed_guard.audit.sinks.{module}:{name}", "sink")
     raise AttributeError(name)
+
+
+def is_postgres_url(spec: object) -> bool:
+    """True for a `postgresql://` or `postgres://` URL."""
+    return isinstance(spec, str) and split_scheme(spec)[0] in ("postgresql", "postgres")
 
 
 def register_sink(scheme: str, target: str | type) -> None:

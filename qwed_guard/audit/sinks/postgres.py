@@ -53,7 +53,14 @@ from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.outcomes import scrub
 from qwed_guard.urls import display_url, expand_path, split_url
 
-__all__ = ["DEFAULT_TABLE", "PostgresSink", "PostgresTrail", "grant_sql", "schema_sql"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "PostgresSink",
+    "PostgresTrail",
+    "display_url",
+    "grant_sql",
+    "schema_sql",
+]
 
 DEFAULT_TABLE = "qwed_guard_audit"
 DEFAULT_RETRY_INTERVAL = 5.0
