@@ -119,6 +119,17 @@ def test_a_file_that_is_not_a_trail_is_refused_untouched(tmp_path: Path, content
     assert path.read_bytes() == content
 
 
+def test_an_empty_trail_left_by_a_writer_killed_before_its_first_record_is_extended(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    with JsonlSink(path, fsync="none") as sink:
+        sink.append([dict(RECORD)])
+    assert orjson.loads(path.read_bytes())["seq"] == 1
+    assert verify_trail(str(path)).ok
+
+
 def test_a_hard_linked_trail_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     JsonlSink(path, fsync="none").append([dict(RECORD)])

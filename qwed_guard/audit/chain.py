@@ -33,6 +33,7 @@ __all__ = [
     "checkpoint_entry",
     "checkpoint_record",
     "entry_mac",
+    "event_record",
     "genesis_record",
     "key_from_env",
     "mac",
@@ -62,18 +63,23 @@ def redact_mac(key: Key, text: str) -> str:
     return f"hmac-sha256:{key.id}:{digest.hexdigest()}"
 
 
+def event_record(event: str, record_id: str, wall: float, **fields: Any) -> dict[str, Any]:
+    """A record the sink itself writes (genesis, checkpoint, prune, repair)."""
+    return {"v": SCHEMA, "id": record_id, "ts": rfc3339(wall), "event": event, **fields}
+
+
 def checkpoint_record(key: Key, covers_seq: int, covers_hash: str, wall: float) -> dict[str, Any]:
     """The in-trail checkpoint: signs the record just before it."""
-    return {
-        "v": SCHEMA,
-        "id": f"checkpoint/{covers_seq}",
-        "ts": rfc3339(wall),
-        "event": "checkpoint",
-        "covers_seq": covers_seq,
-        "covers_hash": covers_hash,
-        "key_id": key.id,
-        "mac": mac(key, covers_seq, covers_hash),
-    }
+    signature = mac(key, covers_seq, covers_hash)
+    return event_record(
+        "checkpoint",
+        f"checkpoint/{covers_seq}",
+        wall,
+        covers_seq=covers_seq,
+        covers_hash=covers_hash,
+        key_id=key.id,
+        mac=signature,
+    )
 
 
 def checkpoint_entry(
@@ -94,28 +100,21 @@ def checkpoint_entry(
 
 def genesis_record(key: Key, wall: float) -> dict[str, Any]:
     """The first record of a keyed trail (seq 1): without it a trail's head was cut."""
-    return {
-        "v": SCHEMA,
-        "id": "genesis",
-        "ts": rfc3339(wall),
-        "event": "genesis",
-        "key_id": key.id,
-    }
+    return event_record("genesis", "genesis", wall, key_id=key.id)
 
 
 def prune_record(
     first_seq: int, first_prev_hash: str, files: list[str], wall: float
 ) -> dict[str, Any]:
     """Says retention removed the records before `first_seq` (whose `prev_hash` it names)."""
-    return {
-        "v": SCHEMA,
-        "id": f"prune/{first_seq}",
-        "ts": rfc3339(wall),
-        "event": "prune",
-        "first_seq": first_seq,
-        "first_prev_hash": first_prev_hash,
-        "files": files,
-    }
+    return event_record(
+        "prune",
+        f"prune/{first_seq}",
+        wall,
+        first_seq=first_seq,
+        first_prev_hash=first_prev_hash,
+        files=files,
+    )
 
 
 def mac_ok(key: Key, seq: int, digest: str, claimed: object) -> bool:

@@ -42,8 +42,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "path",
-        help="a JSONL trail (its rotated files are found), an SQLite file, or a postgresql:// URL "
-        "(?table=NAME; ${VAR} and PGPASSWORD work)",
+        help="a JSONL trail (its rotated files are found), an SQLite file, or a sink URL such "
+        "as postgresql://... (?table=NAME; ${VAR} and PGPASSWORD work)",
     )
     verify.add_argument(
         "--key-env", metavar="VAR", help="environment variable holding the checkpoint HMAC key"
@@ -113,21 +113,32 @@ def _error(message: str) -> int:
     return 2
 
 
+def _trail(path: str, missing_ok: bool = False) -> Any:
+    """The trail at `path`, or why it cannot be read (no such file, FIFO, device, an unknown
+    scheme, a sink's missing dependency) as a string."""
+    from qwed_guard.audit.sinks import open_trail
+
+    try:
+        trail = open_trail(path)
+    except ValueError as exc:
+        return str(exc)
+    return trail.unreadable(missing_ok) or trail
+
+
 def _verify(args: argparse.Namespace) -> int:
     from qwed_guard.audit.chain import key_from_env
+    from qwed_guard.audit.sinks.files import check_readable
     from qwed_guard.audit.verify import verify_trail
 
     # A deleted trail whose checkpoints survive is a verdict (truncated), not a usage error.
-    side = args.checkpoints or f"{args.path}.checkpoints"
-    gone = not _is_url(args.path) and not os.path.lexists(args.path)
-    problem = None if gone and os.path.exists(side) else _unreadable(args.path)
-    if problem:
-        return _error(problem)
+    trail = _trail(args.path, os.path.exists(args.checkpoints or f"{args.path}.checkpoints"))
+    if isinstance(trail, str):
+        return _error(trail)
     for extra in (args.checkpoints, args.anchor):
-        if extra and os.path.exists(extra):
-            problem = _unreadable(extra)
-            if problem:
-                return _error(problem)
+        try:
+            check_readable(extra or "")
+        except ValueError as exc:
+            return _error(str(exc))
     key = None
     if args.key_env:
         try:
@@ -138,7 +149,7 @@ def _verify(args: argparse.Namespace) -> int:
         report = verify_trail(
             args.path, key=key, checkpoint_path=args.checkpoints, anchor=args.anchor
         )
-    except _read_errors(args.path) as exc:
+    except trail.errors as exc:
         return _error(_scrubbed(exc))
     print(_printable(report.summary()))
     return 0 if report.ok else 1
@@ -151,46 +162,9 @@ def _printable(text: str) -> str:
     return scrub(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _unreadable(path: str) -> str | None:
-    """Why `path` cannot be a trail to read (no such file, FIFO, device, no psycopg), or None."""
-    if _is_url(path):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            return "a postgresql:// trail needs psycopg: pip install 'qwed-guard[fleet]'"
-        return None
-    if not os.path.exists(path):
-        return f"{path}: no such file"
-    from qwed_guard.audit.verify import check_readable
-
-    try:
-        check_readable(path)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _is_url(path: str) -> bool:
-    from qwed_guard.audit.sinks import is_postgres_url
-
-    return is_postgres_url(path)
-
-
-def _name(path: str) -> str:
-    if _is_url(path):
-        from qwed_guard.audit.sinks.postgres import trail_name
-
-        return trail_name(path)
-    return os.path.basename(path)
-
-
-def _read_errors(path: str) -> tuple[type[Exception], ...]:
-    """What reading the trail at `path` may raise that deserves a message, not a traceback."""
-    if not _is_url(path):
-        return (OSError, ValueError)
-    import psycopg
-
-    return (OSError, ValueError, psycopg.Error)
+def _name(trail: Any) -> str:
+    name: str = trail.name
+    return name if "://" in name else os.path.basename(name)
 
 
 def _scrubbed(exc: BaseException) -> str:
@@ -237,9 +211,9 @@ def _show(args: argparse.Namespace) -> int:
 
     from qwed_guard.audit.verify import read_records
 
-    problem = _unreadable(args.path)
-    if problem:
-        return _error(problem)
+    trail = _trail(args.path)
+    if isinstance(trail, str):
+        return _error(trail)
     try:
         since = _parse_since(args.since) if args.since else None
     except (ValueError, OverflowError):
@@ -261,9 +235,9 @@ def _show(args: argparse.Namespace) -> int:
                 if when is None or when < since:
                     continue
             rows.append(record)
-    except _read_errors(args.path) as exc:
+    except trail.errors as exc:
         return _error(_scrubbed(exc))
-    table = Table(title=f"{_name(args.path)}: {len(rows)} records", show_lines=False)
+    table = Table(title=f"{_name(trail)}: {len(rows)} records", show_lines=False)
     for column, justify in (
         ("seq", "right"),
         ("time (UTC)", "left"),
@@ -311,16 +285,16 @@ def _percentile(values: list[int], fraction: float) -> float:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    problem = _unreadable(args.path)
-    if problem:
-        return _error(problem)
+    trail = _trail(args.path)
+    if isinstance(trail, str):
+        return _error(trail)
     try:
-        return _summarise(args.path)
-    except _read_errors(args.path) as exc:
+        return _summarise(args.path, _name(trail))
+    except trail.errors as exc:
         return _error(_scrubbed(exc))
 
 
-def _summarise(path: str) -> int:
+def _summarise(path: str, name: str) -> int:
     from rich.table import Table
 
     from qwed_guard.audit.verify import read_records
@@ -355,7 +329,7 @@ def _summarise(path: str) -> int:
     calls = sum(outcomes.values())
     console = _console()
     console.print(
-        f"{_name(path)}: {records} records, {calls} calls, "
+        f"{name}: {records} records, {calls} calls, "
         f"{sum(attempt_outcomes.values())} attempts"
         + (f", {first_ts} .. {last_ts}" if first_ts else "")
     )

@@ -1,8 +1,9 @@
 """Re-verify a trail: the hash chain, the sequence, and (with the key) the signed checkpoints.
 
-Works on a JSONL trail (with its rotated files, oldest first), an SQLite trail or a PostgreSQL
-trail (its `postgresql://` URL; checkpoint entries from its `<table>_checkpoints`), streaming, and
-stops at the first problem, naming its `seq` and its kind:
+Works on any trail a registered sink can read back (`open_trail`): a JSONL trail (with its
+rotated files, oldest first), an SQLite trail or a PostgreSQL trail (its `postgresql://` URL;
+checkpoint entries from its `<table>_checkpoints`), streaming, and stops at the first problem,
+naming its `seq` and its kind:
 
 - `edited`: a record's content no longer matches its hash, or it does not link to the previous
   record (a changed byte, a record replaced), or a line is not JSON at all, or a stored column
@@ -35,87 +36,16 @@ from qwed_guard.audit.record import GENESIS, record_hash
 
 __all__ = ["Problem", "VerifyReport", "iter_lines", "read_records", "verify_trail"]
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def is_sqlite(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(16) == _SQLITE_MAGIC
-    except OSError:
-        return False
-
-
-def trail_files(path: str) -> list[str]:
-    """The files of a JSONL trail, oldest first: rotated files, then the active one."""
-    from qwed_guard.audit.sinks.jsonl import rotated_files
-
-    files = [p for _, p in rotated_files(path)]
-    if os.path.lexists(path):
-        files.append(path)
-    return files
-
 
 def iter_lines(path: str) -> Iterator[tuple[str, bytes, bool]]:
     """(where, line, complete) for every stored record line, oldest first.
 
     `complete` is False only for a final line without its newline (a torn write).
     """
-    for where, line, complete, _ in _iter_rows(path):
+    from qwed_guard.audit.sinks import open_trail
+
+    for where, line, complete, _ in open_trail(path).rows():
         yield where, line, complete
-
-
-def check_readable(path: str) -> None:
-    """Raise `ValueError` (one clear line) for a path that is not a file a trail can be in:
-    a FIFO, a device, a directory. Reading those would hang or never end."""
-    import stat
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(st.st_mode)
-            else "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a device or socket"
-        )
-        raise ValueError(f"{path} is {kind}, not an audit trail file")
-
-
-def _iter_rows(path: str) -> Iterator[tuple[str, bytes, bool, dict[str, Any] | None]]:
-    """As `iter_lines`, plus the stored columns beside the record (SQLite, PostgreSQL)."""
-    from qwed_guard.audit.sinks import is_postgres_url
-
-    if is_postgres_url(path):
-        from qwed_guard.audit.sinks.postgres import iter_postgres_rows
-
-        for seq, line, columns in iter_postgres_rows(path):
-            yield f"row seq={seq}", line, True, columns
-        return
-    path = os.path.abspath(path)
-    check_readable(path)
-    if is_sqlite(path):
-        from qwed_guard.audit.sinks.sqlite import COLUMNS, iter_sqlite_rows
-
-        for index, row in enumerate(iter_sqlite_rows(path), 1):
-            text = row[-1] if isinstance(row[-1], str) else str(row[-1])
-            columns = dict(zip(COLUMNS, row[:-1], strict=True))
-            where = f"{os.path.basename(path)} row {index}"
-            yield where, text.encode("utf-8", "replace") + b"\n", True, columns
-        return
-    files = trail_files(path)
-    for position, name in enumerate(files):
-        last_file = position == len(files) - 1
-        check_readable(name)
-        with open(name, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                complete = line.endswith(b"\n")
-                where = f"{os.path.basename(name)}:{number}"
-                # Only the trail's very end may be torn.
-                yield where, line, complete or not last_file, None
 
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
@@ -188,11 +118,9 @@ Claims = dict[int, list[dict[str, Any]]]
 
 def _load_claims(path: str, *, chained: bool) -> tuple[Claims, int, Problem | None]:
     """The entries of a checkpoint (or anchor) file by seq, how many, and a problem if any."""
-    if not os.path.lexists(path):
-        return {}, 0, None
-    check_readable(path)
-    with open(path, "rb") as handle:
-        return _parse_claims(handle, os.path.basename(path), chained=chained)
+    from qwed_guard.audit.sinks.files import side_lines
+
+    return _parse_claims(side_lines(path), os.path.basename(path), chained=chained)
 
 
 def _parse_claims(
@@ -236,21 +164,6 @@ def _seq_later(lines: Iterator[tuple[str, bytes, bool, Any]], wanted: int) -> bo
     return False
 
 
-def _row_checker(path: str) -> Any:
-    """The function that compares a row's other columns with its record (None for JSONL)."""
-    from qwed_guard.audit.sinks import is_postgres_url
-
-    if is_postgres_url(path):
-        from qwed_guard.audit.sinks.postgres import row_mismatch
-
-        return row_mismatch
-    if is_sqlite(os.path.abspath(path)):
-        from qwed_guard.audit.sinks.sqlite import row_mismatch as sqlite_mismatch
-
-        return sqlite_mismatch
-    return None
-
-
 def verify_trail(
     path: str,
     *,
@@ -258,35 +171,23 @@ def verify_trail(
     checkpoint_path: str | None = None,
     anchor: str | None = None,
 ) -> VerifyReport:
-    """Verify the trail at `path` (JSONL, SQLite or a PostgreSQL URL); see the module docstring.
+    """Verify the trail at `path` (a path or a sink URL); see the module docstring.
 
     `anchor` names a second copy of the checkpoint entries kept where a cut trail cannot reach
     it: the trail must reach every seq it attests.
     """
     import orjson
 
-    from qwed_guard.audit.sinks import is_postgres_url
+    from qwed_guard.audit.sinks import open_trail
 
-    postgres = is_postgres_url(path)
-    if postgres:
-        from qwed_guard.audit.sinks.postgres import iter_postgres_checkpoints, trail_name
-
-        report = VerifyReport(trail_name(path), signed=key is not None)
-        if checkpoint_path:
-            claims, entries, problem = _load_claims(checkpoint_path, chained=True)
-            side_name = os.path.basename(checkpoint_path)
-        else:
-            claims, entries, problem = _parse_claims(
-                iter_postgres_checkpoints(path), "checkpoints table"
-            )
-            side_name = "the checkpoints table"
+    trail = open_trail(path)
+    report = VerifyReport(trail.name, signed=key is not None)
+    if checkpoint_path:
+        claims, entries, problem = _load_claims(checkpoint_path, chained=True)
+        side_name = os.path.basename(checkpoint_path)
     else:
-        path = os.path.abspath(path)
-        check_readable(path)
-        report = VerifyReport(path, signed=key is not None)
-        side = checkpoint_path or path + ".checkpoints"
-        claims, entries, problem = _load_claims(side, chained=True)
-        side_name = os.path.basename(side)
+        side_name = trail.checkpoints_name
+        claims, entries, problem = _parse_claims(trail.checkpoints(), side_name)
     if problem is not None:
         report.problem = problem
         return report
@@ -300,7 +201,6 @@ def verify_trail(
             report.problem = problem
             return report
         report.anchored = True
-    check_row = _row_checker(path)
     prev_seq: int | None = None
     prev_hash: str | None = None
     first_link: str | None = None
@@ -310,7 +210,7 @@ def verify_trail(
     keyed: str | None = None  # the key id a genesis names
     prunes: dict[int, tuple[str, int]] = {}  # first_seq -> (first_prev_hash, prune record seq)
     unmatched_checkpoints: list[int] = []
-    lines = _iter_rows(path)
+    lines = trail.rows()
 
     def fail(kind: str, seq: int | None, detail: str) -> VerifyReport:
         report.problem = Problem(kind, seq, detail)
@@ -368,8 +268,8 @@ def verify_trail(
             return fail("edited", seq, f"{where}: the content does not match its hash")
         if prev_hash is not None and link != prev_hash:
             return fail("edited", seq, f"{where}: prev_hash does not match seq {prev_seq}")
-        if columns is not None and check_row is not None:
-            column = check_row(record, columns)
+        if columns is not None:
+            column = trail.mismatch(record, columns)
             if column is not None:
                 return fail(
                     "edited", seq, f"{where}: its {column} column differs from the hashed record"

@@ -27,12 +27,11 @@ only without its credentials.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -41,9 +40,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from qwed_guard import clock
-from qwed_guard.outcomes import register_secret, scrub
+from qwed_guard.outcomes import scrub
 from qwed_guard.state.base import Change, State
 from qwed_guard.state.memory import MemoryStore
+from qwed_guard.urls import display_url, split_url
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
@@ -84,30 +84,9 @@ end
 return {1}
 """
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OWN_OPTIONS = ("prefix", "ttl", "probe_interval")
 
 Listener = Callable[[str], None]
-
-
-def _expand(url: str) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ValueError(f"state: environment variable {name} (used in the URL) is not set")
-        return os.environ[name]
-
-    return _ENV_REFERENCE.sub(value, url)
-
-
-def _display(url: str) -> str:
-    """The URL without user, password or query: safe to log."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _number(name: str, text: str, minimum: float) -> float:
@@ -149,19 +128,14 @@ class RedisStore:
             raise ValueError(
                 f"state: expected a redis:// or rediss:// URL, got {scrub(str(url))!r}"
             )
-        parts = urlsplit(_expand(url))
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        own = {name: value for name, value in query if name in _OWN_OPTIONS}
-        rest = [(name, value) for name, value in query if name not in _OWN_OPTIONS]
+        parts, own, rest = split_url(url, _OWN_OPTIONS, "state")
         if "prefix" in own:
             prefix = own["prefix"]
         if "ttl" in own:
             ttl = _number("ttl", own["ttl"], 0) or None
         if "probe_interval" in own:
             probe_interval = _number("probe_interval", own["probe_interval"], 0)
-        if parts.password:
-            register_secret(parts.password)
-        self.url = _display(url)
+        self.url = display_url(url)
         """The URL without credentials, for logs and reprs."""
         self.prefix = prefix
         self.ttl = ttl

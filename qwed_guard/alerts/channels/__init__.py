@@ -2,52 +2,60 @@
 
 `notify` items: `"log"`, a callable, `"package.module:function"`, a `Channel`, or a one-key
 mapping naming the channel: `{"webhook": {...}}`, `{"slack": {...}}`, `{"pagerduty": {...}}`,
-`{"email": {...}}`, `{"log": {...}}`. Each channel module is imported only when used.
+`{"email": {...}}`, `{"log": {...}}`, `{"function": {"call": callable}}`. A name picks
+a row of the channel registry, `name -> "package.module:Class"`, imported only when used;
+`register_channel` adds a row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT, Channel, DeliveryError
-from qwed_guard.errors import bad_parameter
+from qwed_guard.errors import ParameterError, bad_parameter
+from qwed_guard.registry import Registry
 
-__all__ = ["CHANNEL_NAMES", "Channel", "DeliveryError", "build_channel", "build_channels"]
+__all__ = [
+    "CHANNEL_NAMES",
+    "Channel",
+    "DeliveryError",
+    "build_channel",
+    "build_channels",
+    "register_channel",
+]
 
-CHANNEL_NAMES = ("log", "webhook", "slack", "pagerduty", "email")
+CHANNELS = Registry(
+    "notify",
+    "channel",
+    {
+        "log": "qwed_guard.alerts.channels.log:LogChannel",
+        "function": "qwed_guard.alerts.channels.function:CallableChannel",
+        "webhook": "qwed_guard.alerts.channels.webhook:WebhookChannel",
+        "slack": "qwed_guard.alerts.channels.slack:SlackChannel",
+        "pagerduty": "qwed_guard.alerts.channels.pagerduty:PagerDutyChannel",
+        "email": "qwed_guard.alerts.channels.email:EmailChannel",
+    },
+)
+CHANNEL_NAMES = tuple(CHANNELS.names())
+"""The built-in channels' names."""
+
+
+def register_channel(name: str, target: str | type[Channel]) -> None:
+    """Build `{name: {...}}` items with `target`: `"package.module:Class"` (imported when first
+    used) or the class; its `from_options(where, settings, timeout)` reads the settings. See
+    "Adding a channel" in the alerts guide."""
+    CHANNELS.register(name, target)
 
 
 def _from_mapping(where: str, name: str, data: Any, timeout: float) -> Channel:
-    settings: Mapping[str, Any] = {} if data is None else data
-    if not isinstance(settings, Mapping):
+    if data is not None and not isinstance(data, Mapping):
         raise bad_parameter(
             "notify", f"{where}: {name} settings must be a mapping, got {type(data).__name__}"
         )
-    where = f"{where} {name}"
-    if name == "log":
-        from qwed_guard.alerts.channels.log import LogChannel
-
-        return LogChannel.from_options(where, settings)
-    if name == "webhook":
-        from qwed_guard.alerts.channels.webhook import WebhookChannel
-
-        return WebhookChannel.from_options(where, settings, timeout)
-    if name == "slack":
-        from qwed_guard.alerts.channels.slack import SlackChannel
-
-        return SlackChannel.from_options(where, settings, timeout)
-    if name == "pagerduty":
-        from qwed_guard.alerts.channels.pagerduty import PagerDutyChannel
-
-        return PagerDutyChannel.from_options(where, settings, timeout)
-    if name == "email":
-        from qwed_guard.alerts.channels.email import EmailChannel
-
-        return EmailChannel.from_options(where, settings, timeout)
-    raise bad_parameter(
-        "notify", f"{where}: unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}"
-    )
+    cls = CHANNELS.load(name, f"{where} {name}: ")
+    channel: Channel = cls.from_options(f"{where} {name}", data or {}, timeout)
+    return channel
 
 
 def build_channel(item: Any, index: int = 0, timeout: float = DEFAULT_TIMEOUT) -> Channel:
@@ -55,16 +63,17 @@ def build_channel(item: Any, index: int = 0, timeout: float = DEFAULT_TIMEOUT) -
     where = f"[{index}]"
     if isinstance(item, Channel):
         return item
+    if isinstance(item, str) and ":" in item:
+        from qwed_guard.alerts.channels.function import import_callable
+
+        return _from_mapping(where, "function", {"call": import_callable(item)}, timeout)
     if isinstance(item, str):
-        if ":" in item:
-            from qwed_guard.alerts.channels.function import CallableChannel, import_callable
-
-            return CallableChannel(import_callable(item))
-        if item == "log":
-            from qwed_guard.alerts.channels.log import LogChannel
-
-            return LogChannel()
-        hint = f" (it needs settings: {{{item!r}: {{...}}}})" if item in CHANNEL_NAMES else ""
+        hint = ""
+        if item in CHANNELS:
+            try:
+                return _from_mapping(where, item, {}, timeout)
+            except ParameterError:
+                hint = f" (it needs settings: {{{item!r}: {{...}}}})"
         raise bad_parameter(
             "notify",
             f"{where}: unknown channel {item!r}{hint}; use 'log', a mapping such as "
@@ -78,10 +87,7 @@ def build_channel(item: Any, index: int = 0, timeout: float = DEFAULT_TIMEOUT) -
         ((name, data),) = item.items()
         return _from_mapping(where, str(name), data, timeout)
     if callable(item):
-        from qwed_guard.alerts.channels.function import CallableChannel
-
-        fn: Callable[..., Any] = item
-        return CallableChannel(fn)
+        return _from_mapping(where, "function", {"call": item}, timeout)
     raise bad_parameter(
         "notify", f"{where}: cannot make a channel from {type(item).__name__}", wrong_type=True
     )

@@ -41,6 +41,17 @@ class Channel(abc.ABC):
     min_interval: float = 0.0
     """Least seconds between two sends (a rate limit the endpoint imposes)."""
 
+    @classmethod
+    def from_options(
+        cls, where: str, data: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT
+    ) -> Channel:
+        """The channel a `{name: data}` item of `notify` describes (`where` says where it is,
+        for errors; `timeout` is the layer's `channel_timeout`). By default `cls(**data)`."""
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise bad_parameter("notify", f"{where}: {exc}") from None
+
     @abc.abstractmethod
     def send(self, alert: Alert) -> None:
         """Deliver one alert; raise `DeliveryError` (or a network error) when it fails."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from qwed_guard.alerts.channels.base import Channel
+from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT, Channel, Options
 from qwed_guard.alerts.record import Alert
 from qwed_guard.errors import bad_parameter
+from qwed_guard.registry import import_object
 
 
 class CallableChannel(Channel):
@@ -25,6 +25,17 @@ class CallableChannel(Channel):
         self.name = getattr(fn, "__qualname__", None) or type(fn).__name__
         self._is_async = inspect.iscoroutinefunction(fn)
 
+    @classmethod
+    def from_options(
+        cls, where: str, data: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT
+    ) -> CallableChannel:
+        # Only a Python object: a dotted path is imported by `build_channel`, where a policy
+        # checks it against its allow-list first.
+        fn = Options(where, data, {"call"}).data.get("call")
+        if not callable(fn):
+            raise bad_parameter("notify", f"{where}: call must be a callable", wrong_type=True)
+        return cls(fn)
+
     def send(self, alert: Alert) -> None:
         result = self.fn(alert)
         if self._is_async or inspect.isawaitable(result):
@@ -37,18 +48,7 @@ async def _awaited(awaitable: Any) -> Any:
 
 def import_callable(path: str) -> Callable[[Alert], Any]:
     """`"package.module:function"` (or `...:Class.method`) imported now, at decoration time."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise bad_parameter("notify", f"{path!r}: a dotted path must look like 'module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise bad_parameter("notify", f"{path!r}: cannot import {module_name}: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise bad_parameter("notify", f"{path!r}: {module_name} has no {attribute}") from None
+    target = import_object(path, "notify")
     if not callable(target):
         raise bad_parameter("notify", f"{path!r} is not callable", wrong_type=True)
     fn: Callable[[Alert], Any] = target

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from qwed_guard.alerts.channels.base import Channel, Options
+from qwed_guard.alerts.channels.base import DEFAULT_TIMEOUT, Channel, Options
 from qwed_guard.alerts.record import Alert
 
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -19,7 +19,9 @@ class LogChannel(Channel):
         self.resolved_level = resolved_level
 
     @classmethod
-    def from_options(cls, where: str, data: Mapping[str, Any]) -> LogChannel:
+    def from_options(
+        cls, where: str, data: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT
+    ) -> LogChannel:
         opts = Options(where, data, {"level", "resolved_level"})
         levels = []
         for name, default in (("level", "ERROR"), ("resolved_level", "INFO")):

@@ -1,5 +1,11 @@
 """Audit sinks, chosen by URL: `"jsonl:PATH"`, `"sqlite:PATH"`, `"postgresql://..."`,
-`"memory:"`, `"loguru:LEVEL"`, a `Sink` object, or a list of those (each keeps its own copy)."""
+`"memory:"`, `"loguru:LEVEL"`, a `Sink` object, or a list of those (each keeps its own copy).
+
+A URL's scheme picks a row of the sink registry, `scheme -> "package.module:Class"`, imported
+only when a URL of that scheme is opened; `register_sink` adds a row. A bare path is a JSONL
+trail (an SQLite one if it ends in .db, .sqlite or .sqlite3; when read back, if it holds an
+SQLite database).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwed_guard.audit.chain import Key
-from qwed_guard.audit.sinks.base import FSYNC_MODES, ChainedSink, FsyncMode, Sink
+from qwed_guard.audit.sinks.base import FSYNC_MODES, ChainedSink, FsyncMode, Sink, Trail
 from qwed_guard.audit.sinks.jsonl import JsonlSink
 from qwed_guard.audit.sinks.memory import MemorySink
 from qwed_guard.audit.sinks.mirror import FanOut, LoguruMirror
 from qwed_guard.errors import bad_parameter
+from qwed_guard.registry import Registry, import_object
+from qwed_guard.urls import split_scheme
 
 __all__ = [
     "FSYNC_MODES",
@@ -27,38 +35,93 @@ __all__ = [
     "PostgresSink",
     "Sink",
     "SqliteSink",
+    "Trail",
     "close_all",
     "is_postgres_url",
+    "open_trail",
+    "register_sink",
     "sink_from_url",
 ]
 
+SINKS = Registry(
+    "sink",
+    "sink scheme",
+    {
+        "jsonl": "qwed_guard.audit.sinks.jsonl:JsonlSink",
+        "sqlite": "qwed_guard.audit.sinks.sqlite:SqliteSink",
+        "postgresql": "qwed_guard.audit.sinks.postgres:PostgresSink",
+        "postgres": "qwed_guard.audit.sinks.postgres:PostgresSink",
+        "memory": "qwed_guard.audit.sinks.memory:MemorySink",
+        "loguru": "qwed_guard.audit.sinks.mirror:LoguruMirror",
+    },
+)
+_TUNING = ("fsync", "batch_size", "batch_ms", "checkpoint_every")
+"""Options a sink that does not take them ignores: they say how to write, not what to keep."""
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_registry: dict[tuple[Any, ...], ChainedSink] = {}
-_registry_lock = threading.Lock()
+_open: dict[tuple[Any, ...], ChainedSink] = {}
+_open_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SqliteSink":  # imported on use: sqlite3 is not free to import
-        from qwed_guard.audit.sinks.sqlite import SqliteSink
-
-        return SqliteSink
-    if name == "PostgresSink":  # imported on use: psycopg is an optional dependency
-        from qwed_guard.audit.sinks.postgres import PostgresSink
-
-        return PostgresSink
+    if name in ("SqliteSink", "PostgresSink"):  # imported on use: sqlite3 and psycopg cost
+        module = "sqlite" if name == "SqliteSink" else "postgres"
+        return import_object(f"qwed_guard.audit.sinks.{module}:{name}", "sink")
     raise AttributeError(name)
 
 
 def is_postgres_url(spec: object) -> bool:
     """True for a `postgresql://` or `postgres://` URL."""
-    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
+    return isinstance(spec, str) and split_scheme(spec)[0] in ("postgresql", "postgres")
+
+
+def register_sink(scheme: str, target: str | type) -> None:
+    """Open `scheme:...` URLs with `target`: `"package.module:Class"` (imported when a URL of
+    that scheme is first opened) or the class. See "Adding a sink" in the audit guide."""
+    SINKS.register(scheme, target)
+
+
+def _resolve(spec: str, reading: bool) -> tuple[Any, str]:
+    """The sink class for `spec` and `spec` as `scheme:rest`."""
+    scheme, rest = split_scheme(spec)
+    if not scheme:
+        if reading:
+            from qwed_guard.audit.sinks.files import check_readable
+            from qwed_guard.audit.sinks.sqlite import MAGIC
+
+            check_readable(spec)  # before sniffing: a FIFO would block the read
+            try:
+                with open(spec, "rb") as handle:
+                    sqlite = handle.read(16) == MAGIC
+            except OSError:
+                sqlite = False
+        else:
+            sqlite = spec.endswith(_SQLITE_SUFFIXES)
+        scheme = "sqlite" if sqlite else "jsonl"
+    elif scheme not in SINKS and not (reading and os.path.lexists(spec)):
+        raise bad_parameter(
+            "sink",
+            f"unsupported sink URL {spec!r} (supported schemes: {', '.join(SINKS.names())})",
+        )
+    elif scheme not in SINKS:
+        scheme, rest = "jsonl", spec  # a file whose name has a colon
+    return SINKS.load(scheme), f"{scheme}:{rest}"
+
+
+def open_trail(spec: str) -> Trail:
+    """The stored trail at `spec` (a URL, or a path), to read back: `audit verify`, `show`."""
+    cls, url = _resolve(spec, reading=True)
+    reader = getattr(cls, "reader", None)
+    if reader is None:
+        raise bad_parameter("sink", f"{spec!r}: this sink keeps nothing to read back")
+    trail: Trail = reader(url)
+    return trail
 
 
 def close_all() -> None:
     """Flush and close every file sink opened from a URL (runs at interpreter exit)."""
-    with _registry_lock:
-        sinks = list(_registry.values())
-        _registry.clear()
+    with _open_lock:
+        sinks = list(_open.values())
+        _open.clear()
     for sink in sinks:
         try:
             sink.close()
@@ -82,9 +145,10 @@ def sink_from_url(
     key: Key | None = None,
     **options: Any,
 ) -> Sink:
-    """A sink from plain data. File sinks opened from the same URL with the same options are
-    shared within the process (one writer, one queue); across processes the file lock keeps
-    one chain. `options` are the file sinks' keyword arguments (batch_size, rotate_bytes, ...)."""
+    """A sink from plain data. Chained sinks opened from the same URL with the same options are
+    shared within the process (one writer, one queue); across processes the storage's lock
+    keeps one chain. `options` go to the sink class's `from_url` when it takes them (its
+    `options`); a set option it does not take is refused, unless it only tunes writing."""
     if spec is None:
         spec = "jsonl:audit.jsonl"
     if isinstance(spec, (list, tuple)):
@@ -97,65 +161,28 @@ def sink_from_url(
         raise bad_parameter(
             "sink", f"expected a URL or a Sink, got {type(spec).__name__}", wrong_type=True
         )
-    if is_postgres_url(spec):
-        return _postgres_sink(spec, fsync=fsync, key=key, **options)
-    scheme, sep, rest = spec.partition(":")
-    if not sep or len(scheme) == 1:  # a bare path (or a Windows drive letter)
-        scheme, rest = ("sqlite" if spec.endswith(_SQLITE_SUFFIXES) else "jsonl"), spec
-    if options.get("anchor") is None:
-        options.pop("anchor", None)
-    if scheme == "memory":
-        return MemorySink()
-    if scheme == "loguru":
-        return LoguruMirror(rest or "INFO")
-    if scheme not in ("jsonl", "sqlite"):
-        raise bad_parameter(
-            "sink",
-            f"unsupported sink URL {spec!r} (supported: 'jsonl:PATH', 'sqlite:PATH', "
-            "'postgresql://...', 'memory:', 'loguru:LEVEL')",
-        )
-    if not rest:
-        raise bad_parameter("sink", f"{spec!r} names no file")
-    if scheme == "sqlite":
-        bad = sorted(
-            k for k, v in options.items() if v is not None and k.startswith(("rot", "kee"))
-        )
-        if bad:
-            raise bad_parameter(bad[0], "rotation and retention apply to JSONL trails only")
-        options = {k: v for k, v in options.items() if not k.startswith(("rot", "kee"))}
-    path = os.path.abspath(os.path.expanduser(rest))
-    ident = (scheme, path, fsync, key.id if key else None, tuple(sorted(options.items())))
-    with _registry_lock:
-        sink = _registry.get(ident)
+    cls, url = _resolve(spec, reading=False)
+    taken: frozenset[str] | None = getattr(cls, "options", None)
+    given = {"fsync": fsync, "key": key, **options}
+    if taken is None:  # a mirror: it keeps no chain, so no option applies
+        return cls.from_url(url)  # type: ignore[no-any-return]
+    for name, value in given.items():
+        if value is not None and name not in taken and name not in _TUNING:
+            raise bad_parameter(
+                name,
+                f"{url.partition(':')[0]}: sinks do not take it (they take "
+                f"{', '.join(sorted(taken))})",
+            )
+    given = {k: v for k, v in given.items() if v is not None and k in taken}
+    if not issubclass(cls, ChainedSink):
+        return cls.from_url(url, **given)  # type: ignore[no-any-return]
+    ident = (
+        cls,
+        cls.location(url),
+        tuple(sorted((k, v.id if isinstance(v, Key) else v) for k, v in given.items())),
+    )
+    with _open_lock:
+        sink = _open.get(ident)
         if sink is None or sink._closed:
-            if scheme == "jsonl":
-                sink = JsonlSink(path, fsync=fsync, key=key, **options)
-            else:
-                from qwed_guard.audit.sinks.sqlite import SqliteSink
-
-                sink = SqliteSink(path, fsync=fsync, key=key, **options)
-            _registry[ident] = sink
-    return sink
-
-
-def _postgres_sink(url: str, *, fsync: FsyncMode, key: Key | None, **options: Any) -> Sink:
-    if options.get("anchor") is None:
-        options.pop("anchor", None)
-    bad = sorted(k for k, v in options.items() if v is not None and k.startswith(("rot", "kee")))
-    if bad:
-        raise bad_parameter(bad[0], "rotation and retention apply to JSONL trails only")
-    options = {k: v for k, v in options.items() if not k.startswith(("rot", "kee"))}
-    ident = ("postgresql", url, fsync, key.id if key else None, tuple(sorted(options.items())))
-    with _registry_lock:
-        sink = _registry.get(ident)
-        if sink is None or sink._closed:
-            try:
-                from qwed_guard.audit.sinks.postgres import PostgresSink
-            except ImportError as exc:
-                raise bad_parameter(
-                    "sink",
-                    f"a postgresql:// sink needs psycopg ({exc}): pip install 'qwed-guard[fleet]'",
-                ) from None
-            sink = PostgresSink(url, fsync=fsync, key=key, **options)
-            _registry[ident] = sink
+            sink = _open[ident] = cls.from_url(url, **given)
     return sink

@@ -1,4 +1,5 @@
-"""The Sink protocol, and the base every chained sink shares: fsync modes and group commit."""
+"""The Sink protocol, and the base every chained sink shares: fsync modes, group commit, and the
+one routine that seals records into a chain and signs checkpoints (`ChainedSink._seal`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from qwed_guard.audit.chain import Key
+from qwed_guard import clock
+from qwed_guard.audit.chain import Key, checkpoint_record, genesis_record
+from qwed_guard.audit.record import seal
 from qwed_guard.errors import AuditError, bad_parameter
+from qwed_guard.urls import real_path
 
 __all__ = [
     "FLUSH_TIMEOUT",
@@ -20,7 +25,10 @@ __all__ = [
     "ChainedSink",
     "FsyncMode",
     "RecordBuilder",
+    "Row",
+    "Sealed",
     "Sink",
+    "Trail",
     "built",
     "check_options",
 ]
@@ -69,6 +77,52 @@ class BuildingSink(Protocol):
 def built(records: Sequence[dict[str, Any] | RecordBuilder]) -> list[dict[str, Any]]:
     """The records, with every builder called."""
     return [record if isinstance(record, dict) else record() for record in records]
+
+
+Row = tuple[str, bytes, bool, dict[str, Any] | None]
+"""(where, line, complete, the stored columns beside the record or None), as a trail reads."""
+
+
+class Trail:
+    """A stored trail read back by `audit verify`, `show` and `stats`: what a sink class's
+    `reader(url)` returns."""
+
+    name = ""
+    """How reports name the trail: its path, or a URL without credentials."""
+    checkpoints_name = "the checkpoint file"
+    errors: tuple[type[Exception], ...] = (OSError, ValueError)
+    """What reading it may raise that deserves a message, not a traceback."""
+
+    def rows(self) -> Iterator[Row]:
+        """Every stored record line, oldest first; `complete` is False only for a final line
+        without its newline (a torn write)."""
+        raise NotImplementedError
+
+    def checkpoints(self) -> Iterable[bytes]:
+        """The checkpoint entries kept outside the trail, as JSON lines."""
+        return ()
+
+    def mismatch(self, record: dict[str, Any], columns: dict[str, Any]) -> str | None:
+        """The first stored column that disagrees with the hashed record, if any."""
+        return None
+
+    def unreadable(self, missing_ok: bool = False) -> str | None:
+        """Why the trail cannot be read (checked before reading), or None."""
+        return None
+
+
+@dataclass
+class Sealed:
+    """Records sealed after a chain's head, ready for one commit."""
+
+    rows: list[tuple[dict[str, Any], bytes, str]]
+    """(record, its JSON line, the hash before it), in chain order."""
+    seq: int
+    head: str
+    signed: tuple[int, str, float] | None
+    """(seq, hash, time) of the checkpoint to attest outside the trail, if one was added."""
+    unsigned: int
+    """Records this writer has appended since its last checkpoint, once these are stored."""
 
 
 _LIMITS: dict[str, tuple[type, float, float, bool]] = {
@@ -127,6 +181,12 @@ class ChainedSink:
 
     kind = "chained"
     builds_records = True
+    schemes: ClassVar[tuple[str, ...]] = ()
+    """The URL schemes a registry row opens this class for (`register_sink`)."""
+    options: ClassVar[frozenset[str]] = frozenset(
+        ("fsync", "key", "batch_size", "batch_ms", "checkpoint_every", "anchor")
+    )
+    """The options `sink_from_url` may pass to `from_url`."""
 
     def __init__(
         self,
@@ -136,18 +196,70 @@ class ChainedSink:
         batch_ms: float = 50.0,
         key: Key | None = None,
         checkpoint_every: int = 1000,
+        anchor: str | os.PathLike[str] | None = None,
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
         check_options(batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every)
+        if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
+            raise bad_parameter("anchor", "must be a file path", wrong_type=True)
         self.fsync: FsyncMode = fsync
         self.batch_size = batch_size
         self.batch_ms = float(batch_ms)
         self.key = key
         self.checkpoint_every = checkpoint_every
+        self.anchor = real_path(anchor) if anchor is not None else None
+        self._unsigned = 0  # records this writer appended since its last checkpoint
         self._write_lock = threading.Lock()
         self._init_batch_state()
         _live.add(self)
+
+    # --- what a registry asks of a sink class ---------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> ChainedSink:
+        """The sink for `url` (`scheme:rest`) with the options it takes."""
+        return cls(url, **options)  # type: ignore[call-arg, arg-type]
+
+    @classmethod
+    def location(cls, url: str) -> str:
+        """What names the trail at `url`: sinks opened for one location share one writer."""
+        return url
+
+    @classmethod
+    def reader(cls, url: str) -> Trail:
+        """The trail at `url`, to read back (`audit verify`)."""
+        raise bad_parameter("sink", f"{url!r}: a {cls.kind} trail cannot be read back")
+
+    # --- the one seal-and-checkpoint routine ----------------------------------------------
+    def _seal(
+        self, records: list[dict[str, Any]], seq: int, head: str, checkpoint: bool = False
+    ) -> Sealed:
+        """Seal `records` after the chain's head (`seq`, `head`): a keyed trail starts with a
+        genesis, and a checkpoint follows every `checkpoint_every` records (or at once when
+        `checkpoint` asks and some records are unsigned)."""
+        key, start = self.key, seq
+        if key is not None and seq == 0 and records:
+            records = [genesis_record(key, clock.wall()), *records]
+        rows: list[tuple[dict[str, Any], bytes, str]] = []
+        for record in records:
+            seq += 1
+            prev = head
+            line, head = seal(record, seq, head, key)
+            rows.append((record, line, prev))
+        every = self.checkpoint_every
+        unsigned = self._unsigned + len(records)
+        signed = None
+        if key is not None and (
+            (checkpoint and unsigned) or (records and seq // every > start // every)
+        ):
+            wall = clock.wall()
+            cp = checkpoint_record(key, seq, head, wall)
+            prev = head
+            line, head = seal(cp, seq + 1, head, key)
+            seq += 1
+            rows.append((cp, line, prev))
+            signed, unsigned = (seq, head, wall), 0
+        return Sealed(rows, seq, head, signed, unsigned)
 
     def _init_batch_state(self) -> None:
         # `append` takes the bare lock (C-level) and only notifies through the condition.
@@ -162,14 +274,26 @@ class ChainedSink:
         self._closed = False
 
     # --- what subclasses provide -------------------------------------------------------
-    def _commit(self, records: list[dict[str, Any]], durable: bool) -> None:
+    def _commit(
+        self, records: list[dict[str, Any]], durable: bool, *, checkpoint: bool = False
+    ) -> None:
+        """Lock the storage, read its head, store `self._seal(...)`'s rows, unlock."""
         raise NotImplementedError
+
+    def _release(self) -> None:
+        """Close the storage's handles (called once, by close)."""
 
     def _finish(self) -> None:
         """Write the closing checkpoint and release storage (called once, by close)."""
+        try:
+            if self.key is not None and self._unsigned:
+                self._commit([], self.fsync != "none", checkpoint=True)
+        finally:
+            self._release()
 
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's writer thread, queue and open handles."""
+        self._unsigned = 0
         self._write_lock = threading.Lock()
         self._init_batch_state()
 

@@ -17,127 +17,31 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import hashlib
 import os
 import re
-import stat
+from collections.abc import Iterator
 from typing import Any
 
 from qwed_guard import clock
-from qwed_guard.audit.chain import (
-    Key,
-    checkpoint_entry,
-    checkpoint_record,
-    genesis_record,
-    prune_record,
-    sig_ok,
+from qwed_guard.audit.chain import event_record, prune_record
+from qwed_guard.audit.record import GENESIS, SCHEMA, versions
+from qwed_guard.audit.sinks.base import Row, check_options
+from qwed_guard.audit.sinks.files import (
+    FileSink,
+    FileTrail,
+    check_head,
+    check_readable,
+    fsync_dir,
+    line_start,
+    make_private_dirs,
+    open_side_file,
+    refuse,
 )
-from qwed_guard.audit.record import GENESIS, SCHEMA, rfc3339, seal, versions
-from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode, check_options
-from qwed_guard.errors import AuditError, bad_parameter
+from qwed_guard.errors import AuditError
 
-__all__ = [
-    "JsonlSink",
-    "append_entry",
-    "check_head",
-    "make_private_dirs",
-    "open_side_file",
-    "real_path",
-    "rotated_files",
-]
-
-_CHUNK = 8192
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def real_path(path: str | os.PathLike[str]) -> str:
-    """`path` under its directory's real path: one name for one file, whatever symlinked
-    directory reached it. The file name itself is kept (and opened with O_NOFOLLOW)."""
-    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    directory, name = os.path.split(absolute)
-    return os.path.join(os.path.realpath(directory), name)
-
-
-def _refuse(path: str, why: str) -> AuditError:
-    return AuditError(f"refusing to use {path} as an audit trail file: {why}")
-
-
-def open_side_file(path: str, flags: int, mode: int = 0o600) -> int:
-    """Open a trail's file without following a symlink; refuse anything but a regular file
-    with one link."""
-    try:
-        fd = os.open(path, flags | _NOFOLLOW, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refuse(path, "it is a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _refuse(path, "it is not a regular file")
-        if st.st_nlink > 1:
-            raise _refuse(path, f"it has {st.st_nlink} hard links")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def append_entry(path: str, entry_line: bytes, durable: bool) -> None:
-    """Append one JSON line to a side file (checkpoints, anchor), cutting a torn last line."""
-    fd = open_side_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.ftruncate(fd, _line_start(fd, size))  # a crash while signing left half a line
-        os.write(fd, entry_line)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def last_entry_mac(path: str) -> str:
-    """The `mac` of a side file's last complete entry ("" when there is none)."""
-    import orjson
-
-    try:
-        fd = open_side_file(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        end = _line_start(fd, size)  # just after the last newline
-        if end == 0:
-            return ""
-        start = _line_start(fd, end - 1)
-        try:
-            found = orjson.loads(os.pread(fd, end - start, start)).get("mac")
-        except (orjson.JSONDecodeError, AttributeError):
-            return ""
-        return found if isinstance(found, str) else ""
-    finally:
-        os.close(fd)
-
-
-def check_head(record: dict[str, Any], key: Key | None, where: str) -> None:
-    """Refuse to extend a signed trail without its key, or an unsigned one with a key."""
-    sig = record.get("sig")
-    if key is None:
-        if sig is not None:
-            raise AuditError(
-                f"{where} is signed (key id {record.get('key_id') or 'in its genesis'}): "
-                "a writer without key_env would add unsigned records to it"
-            )
-        return
-    if sig is None:
-        raise AuditError(
-            f"{where} is not signed: a writer with key_env cannot extend it (start a new trail)"
-        )
-    if not sig_ok(key, record):
-        raise AuditError(f"{where} is signed with another key than ${key.env or 'key_env'}")
+__all__ = ["JsonlSink", "JsonlTrail", "rotated_files"]
 
 
 def _looks_like_trail(first: bytes) -> bool:
@@ -148,7 +52,8 @@ def _looks_like_trail(first: bytes) -> bool:
         return True  # created, then a crash before the first record was written
     newline = first.find(b"\n")
     if newline < 0:
-        return first.startswith(b'{"')  # one torn record, left by a crash on the first write
+        # Empty: created by a writer killed before its first record; or one torn record.
+        return not first or first.startswith(b'{"')
     try:
         record = orjson.loads(first[:newline])
     except orjson.JSONDecodeError:
@@ -160,32 +65,6 @@ def _looks_like_trail(first: bytes) -> bool:
         and isinstance(record.get("hash"), str)
         and isinstance(record.get("prev_hash"), str)
     )
-
-
-def make_private_dirs(directory: str) -> None:
-    """Create `directory` and any missing parents with mode 0700."""
-    missing: list[str] = []
-    current = directory
-    while current and not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(path, 0o700)  # exact, whatever the umask
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split_name(path: str) -> tuple[str, str, str]:
@@ -213,24 +92,11 @@ def rotated_files(path: str) -> list[tuple[int, str]]:
     return found
 
 
-def _line_start(fd: int, end: int) -> int:
-    """Offset just after the last newline before `end` (0 if none)."""
-    pos = end
-    while pos > 0:
-        start = max(0, pos - _CHUNK)
-        chunk = os.pread(fd, pos - start, start)
-        index = chunk.rfind(b"\n")
-        if index >= 0:
-            return start + index + 1
-        pos = start
-    return 0
-
-
 def _head_of(fd: int, end: int, where: str) -> dict[str, Any]:
     """The record on the complete line ending at `end` (end - 1 is its newline)."""
     import orjson
 
-    start = _line_start(fd, end - 1)
+    start = line_start(fd, end - 1)
     line = os.pread(fd, end - start, start)
     try:
         record = orjson.loads(line)
@@ -255,50 +121,41 @@ def _parse_ts(text: object) -> float | None:
     return when.replace(tzinfo=datetime.UTC).timestamp()
 
 
-class JsonlSink(ChainedSink):
+class JsonlSink(FileSink):
     """Append-only JSONL trail with fcntl locking, torn-tail repair, rotation and checkpoints."""
 
     kind = "jsonl"
+    schemes = ("jsonl",)
+    options = FileSink.options | {"rotate_bytes", "rotate_seconds", "keep_files", "keep_days"}
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        fsync: FsyncMode = "always",
-        batch_size: int = 256,
-        batch_ms: float = 50.0,
-        key: Key | None = None,
-        checkpoint_every: int = 1000,
         rotate_bytes: int | None = None,
         rotate_seconds: float | None = None,
         keep_files: int | None = None,
         keep_days: float | None = None,
-        anchor: str | os.PathLike[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            fsync=fsync,
-            batch_size=batch_size,
-            batch_ms=batch_ms,
-            key=key,
-            checkpoint_every=checkpoint_every,
-        )
+        """`common`: `ChainedSink`'s fsync, batch_size, batch_ms, key, checkpoint_every, anchor."""
+        super().__init__(path, **common)
         check_options(
             rotate_bytes=rotate_bytes,
             rotate_seconds=rotate_seconds,
             keep_files=keep_files,
             keep_days=keep_days,
         )
-        if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
-            raise bad_parameter("anchor", "must be a file path", wrong_type=True)
-        self.path = real_path(path)
         self.lock_path = self.path + ".lock"
-        self.checkpoint_path = self.path + ".checkpoints"
-        self.anchor = real_path(anchor) if anchor is not None else None
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds
         self.keep_files = keep_files
         self.keep_days = keep_days
         self._reset_handles()
+
+    @classmethod
+    def reader(cls, url: str) -> JsonlTrail:
+        return JsonlTrail(url)
 
     def _reset_handles(self) -> None:
         self._fd = -1
@@ -308,10 +165,6 @@ class JsonlSink(ChainedSink):
         self._seq = 0
         self._head = GENESIS
         self._born: float | None = None
-        self._unsigned = 0  # records this writer appended since its last checkpoint
-
-    def describe(self) -> str:
-        return f"jsonl:{self.path}"
 
     def _after_fork(self) -> None:
         for fd in (self._fd, self._lock_fd):
@@ -334,14 +187,14 @@ class JsonlSink(ChainedSink):
         flags = os.O_RDWR | os.O_APPEND
         try:
             fd = open_side_file(self.path, flags | os.O_CREAT | os.O_EXCL)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
         except FileExistsError:
             # O_NONBLOCK: a FIFO planted at the path must not block the open.
             fd = open_side_file(self.path, flags | os.O_NONBLOCK)
             try:
                 os.set_blocking(fd, True)
                 if not _looks_like_trail(os.pread(fd, 65536, 0)):
-                    raise _refuse(self.path, "it holds something else than audit records")
+                    raise refuse(self.path, "it holds something else than audit records")
             except BaseException:
                 os.close(fd)
                 raise
@@ -371,19 +224,18 @@ class JsonlSink(ChainedSink):
         fd = self._fd
         repair: dict[str, Any] | None = None
         if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            cut = _line_start(fd, size)
+            cut = line_start(fd, size)
             dropped = os.pread(fd, size - cut, cut)
             os.ftruncate(fd, cut)
             os.fsync(fd)
-            repair = {
-                "v": SCHEMA,
-                "id": f"repair/{os.getpid()}/{size}",
-                "ts": rfc3339(clock.wall()),
-                "event": "repair",
-                "dropped_bytes": len(dropped),
-                "dropped_sha256": hashlib.sha256(dropped).hexdigest(),
-                "qwed_guard": versions()[1],
-            }
+            repair = event_record(
+                "repair",
+                f"repair/{os.getpid()}/{size}",
+                clock.wall(),
+                dropped_bytes=len(dropped),
+                dropped_sha256=hashlib.sha256(dropped).hexdigest(),
+                qwed_guard=versions()[1],
+            )
             size = cut
         head = self._head_of_rotated() if size == 0 else _head_of(fd, size, self.path)
         if head is None:
@@ -481,9 +333,6 @@ class JsonlSink(ChainedSink):
                     self._size = -1
             raise
 
-    def _write_checkpoint_entry(self, key: Key, seq: int, digest: str, wall: float) -> None:
-        write_entry(self.checkpoint_path, self.anchor, key, seq, digest, wall, self.fsync)
-
     def _commit(
         self, records: list[dict[str, Any]], durable: bool, *, checkpoint: bool = False
     ) -> None:
@@ -507,78 +356,51 @@ class JsonlSink(ChainedSink):
     ) -> None:
         repair = self._sync_head()
         doomed = self._rotate() if self._rotation_due() else []
-        key = self.key
-        first: list[dict[str, Any]] = []
-        if doomed:
-            first.append(self._prune(doomed))
-        if key is not None and self._seq == 0 and (records or repair):
-            first.append(genesis_record(key, clock.wall()))
+        first = [self._prune(doomed)] if doomed else []
         if repair is not None:
             first.append(repair)
-        if first:
-            records[:0] = first
-        seq, head = self._seq, self._head
-        lines: list[bytes] = []
-        for record in records:
-            seq += 1
-            line, head = seal(record, seq, head, key)
-            lines.append(line)
-        signed: tuple[int, str, float] | None = None
-        every = self.checkpoint_every
-        unsigned = self._unsigned + len(records)
-        if key is not None and (
-            (checkpoint and unsigned) or (records and seq // every > self._seq // every)
-        ):
-            wall = clock.wall()
-            line, cp_hash = seal(checkpoint_record(key, seq, head, wall), seq + 1, head, key)
-            seq, head = seq + 1, cp_hash
-            lines.append(line)
-            signed = (seq, head, wall)
-            unsigned = 0
-        if not lines:
+        sealed = self._seal([*first, *records], self._seq, self._head, checkpoint)
+        if not sealed.rows:
             return
-        data = b"".join(lines)
+        data = b"".join(line for _, line, _ in sealed.rows)
         self._write(data)
         if durable or doomed:
             os.fdatasync(self._fd)
         self._size += len(data)
-        self._seq, self._head = seq, head
-        self._unsigned = unsigned
-        if signed is not None and key is not None:
+        self._seq, self._head, self._unsigned = sealed.seq, sealed.head, sealed.unsigned
+        if sealed.signed is not None:
             # After the trail is durable, so a crash in between never leaves a dangling claim.
-            self._write_checkpoint_entry(key, *signed)
+            self._sign(sealed.signed)
         if doomed:
             # Only once the prune record that accounts for them is durable.
             for path in doomed:
                 os.unlink(path)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
 
-    def _finish(self) -> None:
-        try:
-            if self.key is not None and self._unsigned:
-                self._commit([], self.fsync != "none", checkpoint=True)
-        finally:
-            for fd in (self._fd, self._lock_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self._fd = self._lock_fd = -1
+    def _release(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
 
 
-def write_entry(
-    checkpoint_path: str,
-    anchor: str | None,
-    key: Key,
-    seq: int,
-    digest: str,
-    wall: float,
-    fsync: FsyncMode,
-) -> None:
-    """Sign the record at `seq` in the checkpoint file (chained to its last entry) and in the
-    anchor file, if any. Called under the trail's lock."""
-    import orjson
+class JsonlTrail(FileTrail):
+    """A JSONL trail read back: its rotated files, oldest first, then the active one."""
 
-    entry = checkpoint_entry(key, seq, digest, wall, last_entry_mac(checkpoint_path))
-    line = orjson.dumps(entry) + b"\n"
-    append_entry(checkpoint_path, line, fsync != "none")
-    if anchor is not None:
-        append_entry(anchor, line, fsync != "none")
+    def rows(self) -> Iterator[Row]:
+        files = [p for _, p in rotated_files(self.path)]
+        if os.path.lexists(self.path):
+            files.append(self.path)
+        for position, name in enumerate(files):
+            last_file = position == len(files) - 1
+            check_readable(name)
+            with open(name, "rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    complete = line.endswith(b"\n")
+                    # Only the trail's very end may be torn.
+                    yield (
+                        f"{os.path.basename(name)}:{number}",
+                        line,
+                        complete or not last_file,
+                        None,
+                    )

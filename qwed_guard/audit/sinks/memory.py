@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from qwed_guard.audit.record import GENESIS, seal
 from qwed_guard.audit.sinks.base import RecordBuilder, built
@@ -18,6 +18,13 @@ class MemorySink:
 
     kind = "memory"
     builds_records = True
+    schemes = ("memory",)
+    options: ClassVar[None] = None
+    """It takes no options: nothing to batch, fsync or rotate."""
+
+    @classmethod
+    def from_url(cls, url: str) -> MemorySink:
+        return cls()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

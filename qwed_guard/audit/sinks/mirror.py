@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from qwed_guard.errors import AuditError
 
@@ -18,6 +18,13 @@ class LoguruMirror:
     """
 
     kind = "loguru"
+    schemes = ("loguru",)
+    options: ClassVar[None] = None
+    """It takes no options: a mirror keeps no chain."""
+
+    @classmethod
+    def from_url(cls, url: str) -> LoguruMirror:
+        return cls(url.partition(":")[2] or "INFO")
 
     def __init__(self, level: str = "INFO") -> None:
         self.level = level or "INFO"

@@ -32,34 +32,34 @@ registered as secrets and never logged; logs show the URL without credentials.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
 
 from qwed_guard import clock
-from qwed_guard.audit.chain import Key, checkpoint_entry, checkpoint_record, genesis_record
-from qwed_guard.audit.record import GENESIS, canonical, seal
-from qwed_guard.audit.sinks.base import FLUSH_TIMEOUT, ChainedSink, FsyncMode
-from qwed_guard.audit.sinks.jsonl import append_entry, make_private_dirs, real_path
+from qwed_guard.audit.chain import checkpoint_entry
+from qwed_guard.audit.record import GENESIS, canonical
+from qwed_guard.audit.sinks.base import FLUSH_TIMEOUT, ChainedSink, Row, Trail
+from qwed_guard.audit.sinks.files import append_entry, line_start, make_private_dirs
 from qwed_guard.errors import AuditError, bad_parameter
-from qwed_guard.outcomes import register_secret, scrub
+from qwed_guard.outcomes import scrub
+from qwed_guard.urls import display_url, expand_path, split_url
 
 __all__ = [
     "DEFAULT_TABLE",
     "PostgresSink",
+    "PostgresTrail",
     "display_url",
     "grant_sql",
-    "iter_postgres_checkpoints",
-    "iter_postgres_lines",
     "schema_sql",
-    "trail_name",
 ]
 
 DEFAULT_TABLE = "qwed_guard_audit"
@@ -67,7 +67,6 @@ DEFAULT_RETRY_INTERVAL = 5.0
 DEFAULT_CONNECT_TIMEOUT = "5"
 _OWN_OPTIONS = ("table", "spool", "retry_interval")
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}(\.[a-z_][a-z0-9_]{0,40})?")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 _SEALED_FIELDS = ("seq", "prev_hash", "hash", "sig")  # set when sealed
 _REPLAY_CHUNK = 1000
@@ -141,22 +140,6 @@ def grant_sql(role: str, table: str = DEFAULT_TABLE) -> str:
     )
 
 
-def display_url(url: str) -> str:
-    """`url` without user, password or query: safe to log."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def trail_name(url: str) -> str:
-    """How reports name the trail at `url`: host, database and table, no credentials."""
-    _, own, shown = _parse_url(url)
-    return f"{shown}?table={_check_table(own.get('table') or DEFAULT_TABLE)}"
-
-
 def _check_table(table: str) -> str:
     if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
         raise bad_parameter(
@@ -169,29 +152,13 @@ def _index(table: str, what: str) -> str:
     return f"{table.rsplit('.', 1)[-1]}_{what}_idx"
 
 
-def _expand(url: str) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise bad_parameter("sink", f"environment variable {name} (used in the URL) is not set")
-        return os.environ[name]
-
-    return _ENV_REFERENCE.sub(value, url)
-
-
 def _parse_url(url: str) -> tuple[str, dict[str, str], str]:
     """(libpq conninfo URL, our own options, display URL) of a sink URL."""
-    expanded = _expand(url)
-    parts = urlsplit(expanded)
-    if parts.password:
-        register_secret(parts.password)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    own = {name: value for name, value in query if name in _OWN_OPTIONS}
-    rest = [(name, value) for name, value in query if name not in _OWN_OPTIONS]
+    parts, own, rest = split_url(url, _OWN_OPTIONS, "sink")
     if not any(name == "connect_timeout" for name, _ in rest):
         rest.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    return conninfo, own, display_url(expanded)
+    return conninfo, own, display_url(parts)
 
 
 def _ts(text: object) -> str | None:
@@ -214,28 +181,20 @@ class PostgresSink(ChainedSink):
     """Append-only audit table shared by many processes, with a local spool for outages."""
 
     kind = "postgresql"
+    schemes = ("postgresql", "postgres")
+    options = ChainedSink.options | {"table", "spool", "retry_interval"}
 
     def __init__(
         self,
         url: str,
         *,
-        fsync: FsyncMode = "always",
-        batch_size: int = 256,
-        batch_ms: float = 50.0,
-        key: Key | None = None,
-        checkpoint_every: int = 1000,
         table: str | None = None,
         spool: str | os.PathLike[str] | None = None,
         retry_interval: float | None = None,
-        anchor: str | os.PathLike[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            fsync=fsync,
-            batch_size=batch_size,
-            batch_ms=batch_ms,
-            key=key,
-            checkpoint_every=checkpoint_every,
-        )
+        """`common`: `ChainedSink`'s fsync, batch_size, batch_ms, key, checkpoint_every, anchor."""
+        super().__init__(**common)
         if not isinstance(url, str) or urlsplit(url).scheme not in ("postgresql", "postgres"):
             raise bad_parameter("sink", "expected a postgresql:// URL")
         self._conninfo, own, self.url = _parse_url(url)
@@ -255,22 +214,18 @@ class PostgresSink(ChainedSink):
             raise bad_parameter(
                 "retry_interval", f"must be between 0 and 86400 seconds, got {retry_interval!r}"
             )
-        if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
-            raise bad_parameter("anchor", "must be a file path", wrong_type=True)
-        self.anchor = real_path(anchor) if anchor is not None else None
         self.retry_interval = float(retry_interval)
         chosen = os.fspath(spool) if spool is not None else own.get("spool")
         if chosen in ("off", "none", ""):
             self.spool_path: str | None = None
         elif chosen:
-            self.spool_path = os.path.abspath(os.path.expanduser(chosen))
+            self.spool_path = expand_path(chosen)
         else:
             self.spool_path = self._default_spool()
         self._lock_key = _advisory_key(self.table)
         self._conn: _Connection | None = None
         self._down_until = 0.0
         self._degraded = False
-        self._unsigned = 0
         self._insert_sql = (
             f"INSERT INTO {self.table} "
             "(seq, record_id, ts, call_id, event, outcome, prev_hash, hash, record) "
@@ -284,12 +239,14 @@ class PostgresSink(ChainedSink):
         base = os.environ.get("XDG_STATE_HOME") or os.path.join("~", ".local", "state")
         digest = hashlib.sha256(f"{self.url}\n{self.table}".encode()).hexdigest()[:12]
         name = f"{self.table}-{digest}.jsonl"
-        return os.path.abspath(
-            os.path.expanduser(os.path.join(base, "qwed_guard", "audit-spool", name))
-        )
+        return expand_path(os.path.join(base, "qwed_guard", "audit-spool", name))
 
     def describe(self) -> str:
         return f"{self.url}?table={self.table}"
+
+    @classmethod
+    def reader(cls, url: str) -> PostgresTrail:
+        return PostgresTrail(url)
 
     @property
     def degraded(self) -> bool:
@@ -300,7 +257,6 @@ class PostgresSink(ChainedSink):
         if self._conn is not None:
             _inherited.append(self._conn)  # the parent's: never close it from here
         self._conn = None
-        self._unsigned = 0
         self._down_until = 0.0
         super()._after_fork()
 
@@ -403,32 +359,13 @@ class PostgresSink(ChainedSink):
                 if stored:
                     records = [r for r in records if _record_id(r) not in stored]
             start, head = (int(head_row[0]), str(head_row[1])) if head_row else (0, GENESIS)
-            key = self.key
-            if key is not None and not head_row and records:
-                records = [genesis_record(key, clock.wall()), *records]
-            seq = start
-            rows: list[tuple[Any, ...]] = []
-            for record in records:
-                seq += 1
-                prev = head
-                line, head = seal(record, seq, head, key)
-                rows.append(_row(record, prev, line))
-            every = self.checkpoint_every
-            unsigned = self._unsigned + len(records)
+            sealed = self._seal(records, start, head, checkpoint)
+            rows = [_row(record, prev, line) for record, line, prev in sealed.rows]
             entry = None
-            if key is not None and (
-                (checkpoint and unsigned) or (records and seq // every > start // every)
-            ):
-                wall = clock.wall()
-                cp = checkpoint_record(key, seq, head, wall)
-                prev = head
-                line, head = seal(cp, seq + 1, head, key)
-                seq += 1
-                rows.append(_row(cp, prev, line))
+            if sealed.signed is not None and self.key is not None:
                 cur.execute(f"SELECT entry->>'mac' FROM {t}_checkpoints ORDER BY seq DESC LIMIT 1")
                 last = cur.fetchone()
-                entry = checkpoint_entry(key, seq, head, wall, (last and last[0]) or "")
-                unsigned = 0
+                entry = checkpoint_entry(self.key, *sealed.signed, (last and last[0]) or "")
             if rows:
                 columns = list(zip(*rows, strict=True))
                 cur.execute(self._insert_sql, [list(c) for c in columns])
@@ -443,7 +380,7 @@ class PostgresSink(ChainedSink):
                 )
                 if self.anchor is not None:  # under the advisory lock: entries in trail order
                     append_entry(self.anchor, orjson.dumps(entry) + b"\n", self.fsync != "none")
-        return unsigned
+        return sealed.unsigned
 
     def _unreachable(self, exc: BaseException) -> None:
         self._drop_connection()
@@ -506,7 +443,7 @@ class PostgresSink(ChainedSink):
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A write torn by a crash: it was never acknowledged, so cut it off.
-                    good = _complete_prefix(fd, size)
+                    good = line_start(fd, size)
                     os.ftruncate(fd, good)
                 view = memoryview(data)
                 written = 0
@@ -533,7 +470,7 @@ class PostgresSink(ChainedSink):
             size = os.fstat(fd).st_size
             if not size:
                 return 0
-            end = _complete_prefix(fd, size)
+            end = line_start(fd, size)
             pending: list[dict[str, Any]] = []
             for line in os.pread(fd, end, 0).splitlines():
                 try:
@@ -601,10 +538,13 @@ class PostgresSink(ChainedSink):
                         self.describe(),
                         self.spool_path,
                     )
-            if self.key is not None and self._unsigned and not self._degraded:
-                self._commit([], True, checkpoint=True)
         finally:
-            self._drop_connection()
+            if self._degraded:
+                self._unsigned = 0  # no closing checkpoint while PostgreSQL is away
+            super()._finish()
+
+    def _release(self) -> None:
+        self._drop_connection()
 
 
 def _record_id(record: dict[str, Any]) -> str:
@@ -632,83 +572,64 @@ def _row(record: dict[str, Any], prev: str, line: bytes) -> tuple[Any, ...]:
     )
 
 
-def _complete_prefix(fd: int, size: int) -> int:
-    """The length of the file's complete lines (up to and including the last newline)."""
-    pos = size
-    while pos > 0:
-        start = max(0, pos - 8192)
-        chunk = os.pread(fd, pos - start, start)
-        index = chunk.rfind(b"\n")
-        if index >= 0:
-            return start + index + 1
-        pos = start
-    return 0
-
-
 def _text(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {str(exc).strip()}")
-
-
-def _reader_conninfo(url: str) -> tuple[str, str]:
-    conninfo, own, _ = _parse_url(url)
-    return conninfo, _check_table(own.get("table") or DEFAULT_TABLE)
-
-
-def iter_postgres_lines(url: str) -> Iterator[tuple[int, bytes]]:
-    """(seq, line) of every stored record of the trail at `url`, in seq order, streamed."""
-    for seq, line, _ in iter_postgres_rows(url):
-        yield seq, line
 
 
 ROW_COLUMNS = ("record_id", "ts", "call_id", "event", "outcome", "prev_hash", "hash")
 
 
-def iter_postgres_rows(url: str) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """(seq, line, the other columns) of every stored record, in seq order, streamed."""
-    conninfo, table = _reader_conninfo(url)
-    with (
-        psycopg.connect(conninfo) as conn,
-        conn.cursor(name="qwed_guard_audit_read") as cur,
-    ):
-        cur.itersize = 2000
-        cur.execute(f"SELECT seq, {', '.join(ROW_COLUMNS)}, record::text FROM {table} ORDER BY seq")
-        for row in cur:
-            columns = dict(zip(ROW_COLUMNS, row[1:-1], strict=True))
-            yield int(row[0]), row[-1].encode("utf-8") + b"\n", columns
+class PostgresTrail(Trail):
+    """A PostgreSQL trail read back: its rows in seq order (streamed), each column checked
+    against the record it repeats, and the entries of `<table>_checkpoints`."""
 
+    checkpoints_name = "the checkpoints table"
+    errors = (OSError, ValueError, psycopg.Error)
 
-def row_mismatch(record: dict[str, Any], columns: dict[str, Any]) -> str | None:
-    """The first stored column that disagrees with the hashed record, if any."""
-    outcome, call_id = record.get("outcome"), record.get("call_id")
-    expected: dict[str, Any] = {
-        "record_id": _record_id(record),
-        "call_id": call_id if isinstance(call_id, str) else None,
-        "event": str(record.get("event") or ""),
-        "outcome": outcome if isinstance(outcome, str) else None,
-        "prev_hash": record.get("prev_hash"),
-        "hash": record.get("hash"),
-    }
-    for name, value in expected.items():
-        if columns.get(name) != value:
-            return name
-    stored, text = columns.get("ts"), _ts(record.get("ts"))
-    if (stored is None) != (text is None):
-        return "ts"
-    if stored is not None and text is not None:
-        import datetime
+    def __init__(self, url: str) -> None:
+        self.conninfo, own, shown = _parse_url(url)
+        self.table = _check_table(own.get("table") or DEFAULT_TABLE)
+        self.name = f"{shown}?table={self.table}"
 
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if abs((stored - when).total_seconds()) > 1e-6:
+    def rows(self) -> Iterator[Row]:
+        with (
+            psycopg.connect(self.conninfo) as conn,
+            conn.cursor(name="qwed_guard_audit_read") as cur,
+        ):
+            cur.itersize = 2000
+            cur.execute(
+                f"SELECT seq, {', '.join(ROW_COLUMNS)}, record::text FROM {self.table} ORDER BY seq"
+            )
+            for row in cur:
+                columns = dict(zip(ROW_COLUMNS, row[1:-1], strict=True))
+                yield f"row seq={row[0]}", row[-1].encode("utf-8") + b"\n", True, columns
+
+    def checkpoints(self) -> Iterator[bytes]:
+        with psycopg.connect(self.conninfo) as conn:
+            side = self.table + "_checkpoints"
+            if conn.execute("SELECT to_regclass(%s)", (side,)).fetchone() == (None,):
+                return
+            for (text,) in conn.execute(f"SELECT entry::text FROM {side} ORDER BY seq"):
+                yield text.encode("utf-8") + b"\n"
+
+    def mismatch(self, record: dict[str, Any], columns: dict[str, Any]) -> str | None:
+        outcome, call_id = record.get("outcome"), record.get("call_id")
+        expected: dict[str, Any] = {
+            "record_id": _record_id(record),
+            "call_id": call_id if isinstance(call_id, str) else None,
+            "event": str(record.get("event") or ""),
+            "outcome": outcome if isinstance(outcome, str) else None,
+            "prev_hash": record.get("prev_hash"),
+            "hash": record.get("hash"),
+        }
+        for name, value in expected.items():
+            if columns.get(name) != value:
+                return name
+        stored, text = columns.get("ts"), _ts(record.get("ts"))
+        if (stored is None) != (text is None):
             return "ts"
-    return None
-
-
-def iter_postgres_checkpoints(url: str) -> Iterator[bytes]:
-    """Every checkpoint entry of the trail at `url` (as JSON lines), in seq order."""
-    conninfo, table = _reader_conninfo(url)
-    with psycopg.connect(conninfo) as conn:
-        if conn.execute("SELECT to_regclass(%s)", (table + "_checkpoints",)).fetchone() == (None,):
-            return
-        rows = conn.execute(f"SELECT entry::text FROM {table}_checkpoints ORDER BY seq")
-        for (text,) in rows:
-            yield text.encode("utf-8") + b"\n"
+        if stored is not None and text is not None:
+            when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if abs((stored - when).total_seconds()) > 1e-6:
+                return "ts"
+        return None

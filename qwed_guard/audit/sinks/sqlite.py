@@ -19,26 +19,25 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from qwed_guard import clock
-from qwed_guard.audit.chain import Key, checkpoint_record, genesis_record
-from qwed_guard.audit.record import GENESIS, seal
-from qwed_guard.audit.sinks.base import ChainedSink, FsyncMode
-from qwed_guard.audit.sinks.jsonl import (
+from qwed_guard.audit.record import GENESIS
+from qwed_guard.audit.sinks.base import Row
+from qwed_guard.audit.sinks.files import (
+    FileSink,
+    FileTrail,
     check_head,
     make_private_dirs,
     open_side_file,
-    real_path,
-    write_entry,
 )
-from qwed_guard.errors import AuditError, bad_parameter
+from qwed_guard.errors import AuditError
 
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["COLUMNS", "SqliteSink", "iter_sqlite_rows", "read_sqlite_lines"]
+__all__ = ["COLUMNS", "SqliteSink", "SqliteTrail", "iter_sqlite_rows"]
 
 COLUMNS = ("seq", "ts", "call_id", "event", "outcome", "hash")
 """The columns beside `record`, in table order: each must equal the record's own field."""
+MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -84,64 +83,21 @@ def iter_sqlite_rows(path: str) -> Iterator[tuple[Any, ...]]:
         conn.close()
 
 
-def row_mismatch(record: dict[str, Any], columns: dict[str, Any]) -> str | None:
-    """The first stored column that disagrees with the hashed record, if any."""
-    expected = {
-        "seq": record.get("seq"),
-        "ts": record.get("ts") or "",
-        "call_id": record.get("call_id"),
-        "event": record.get("event") or "",
-        "outcome": record.get("outcome"),
-        "hash": record.get("hash"),
-    }
-    for name in COLUMNS:
-        if columns.get(name) != expected[name]:
-            return name
-    return None
-
-
-def read_sqlite_lines(path: str) -> Iterator[bytes]:
-    """Every stored record line of an SQLite trail, in seq order."""
-    for row in iter_sqlite_rows(path):
-        text = row[-1]
-        yield (text if isinstance(text, str) else str(text)).encode("utf-8", "replace") + b"\n"
-
-
-class SqliteSink(ChainedSink):
+class SqliteSink(FileSink):
     kind = "sqlite"
+    schemes = ("sqlite",)
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        fsync: FsyncMode = "always",
-        batch_size: int = 256,
-        batch_ms: float = 50.0,
-        key: Key | None = None,
-        checkpoint_every: int = 1000,
-        anchor: str | os.PathLike[str] | None = None,
-    ) -> None:
-        super().__init__(
-            fsync=fsync,
-            batch_size=batch_size,
-            batch_ms=batch_ms,
-            key=key,
-            checkpoint_every=checkpoint_every,
-        )
-        if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
-            raise bad_parameter("anchor", "must be a file path", wrong_type=True)
-        self.path = real_path(path)
-        self.checkpoint_path = self.path + ".checkpoints"
-        self.anchor = real_path(anchor) if anchor is not None else None
+    def __init__(self, path: str | os.PathLike[str], **common: Any) -> None:
+        """`common`: `ChainedSink`'s fsync, batch_size, batch_ms, key, checkpoint_every, anchor."""
+        super().__init__(path, **common)
         self._conn: sqlite3.Connection | None = None
-        self._unsigned = 0
 
-    def describe(self) -> str:
-        return f"sqlite:{self.path}"
+    @classmethod
+    def reader(cls, url: str) -> SqliteTrail:
+        return SqliteTrail(url)
 
     def _after_fork(self) -> None:
         self._conn = None  # never use a connection across fork
-        self._unsigned = 0
         super()._after_fork()
 
     def _connect(self) -> sqlite3.Connection:
@@ -155,7 +111,7 @@ class SqliteSink(ChainedSink):
                 head = os.pread(fd, 16, 0)
             finally:
                 os.close(fd)
-            if head and head != b"SQLite format 3\x00":
+            if head and head != MAGIC:
                 raise AuditError(
                     f"refusing to use {self.path} as an audit trail file: it is not an SQLite "
                     "database"
@@ -191,12 +147,33 @@ class SqliteSink(ChainedSink):
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                signed, unsigned = self._insert(conn, records, checkpoint)
-                if signed is not None and self.key is not None:
+                row = conn.execute(
+                    "SELECT seq, hash, record FROM audit_records ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                start, head = (row[0], row[1]) if row else (0, GENESIS)
+                if row:
+                    check_head(orjson.loads(row[2]), self.key, self.path)
+                sealed = self._seal(records, start, head, checkpoint)
+                conn.executemany(
+                    "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            record["seq"],
+                            record.get("ts") or "",
+                            record.get("call_id"),
+                            record.get("event") or "",
+                            record.get("outcome"),
+                            record["hash"],
+                            line[:-1].decode("utf-8"),
+                        )
+                        for record, line, _ in sealed.rows
+                    ],
+                )
+                if sealed.signed is not None:
                     # Under the database's write lock, so entries chain in the trail's order.
-                    write_entry(self.checkpoint_path, self.anchor, self.key, *signed, self.fsync)
+                    self._sign(sealed.signed)
                 conn.execute("COMMIT")
-                self._unsigned = unsigned
+                self._unsigned = sealed.unsigned
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -204,58 +181,30 @@ class SqliteSink(ChainedSink):
         except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
             raise AuditError(f"cannot write the audit trail {self.path}: {exc}") from exc
 
-    def _insert(
-        self, conn: sqlite3.Connection, records: list[dict[str, Any]], checkpoint: bool
-    ) -> tuple[tuple[int, str, float] | None, int]:
-        row = conn.execute("SELECT seq, hash, record FROM audit_records ORDER BY seq DESC LIMIT 1")
-        head_row = row.fetchone()
-        key = self.key
-        if head_row:
-            start, head = head_row[0], head_row[1]
-            check_head(orjson.loads(head_row[2]), key, self.path)
-        else:
-            start, head = 0, GENESIS
-            if key is not None and records:
-                records = [genesis_record(key, clock.wall()), *records]
-        seq = start
-        rows: list[tuple[Any, ...]] = []
-        for record in records:
-            seq += 1
-            line, head = seal(record, seq, head, key)
-            rows.append(self._row(record, line))
-        every = self.checkpoint_every
-        unsigned = self._unsigned + len(records)
-        signed = None
-        if key is not None and (
-            (checkpoint and unsigned) or (records and seq // every > start // every)
-        ):
-            wall = clock.wall()
-            cp = checkpoint_record(key, seq, head, wall)
-            line, head = seal(cp, seq + 1, head, key)
-            seq += 1
-            rows.append(self._row(cp, line))
-            signed = (seq, head, wall)
-            unsigned = 0
-        conn.executemany("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        return signed, unsigned
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    @staticmethod
-    def _row(record: dict[str, Any], line: bytes) -> tuple[Any, ...]:
-        return (
-            record["seq"],
-            record.get("ts") or "",
-            record.get("call_id"),
-            record.get("event") or "",
-            record.get("outcome"),
-            record["hash"],
-            line[:-1].decode("utf-8"),
-        )
 
-    def _finish(self) -> None:
-        try:
-            if self.key is not None and self._unsigned:
-                self._commit([], True, checkpoint=True)
-        finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+class SqliteTrail(FileTrail):
+    """An SQLite trail read back: its rows in seq order, each column checked against the
+    record it repeats."""
+
+    def rows(self) -> Iterator[Row]:
+        for index, row in enumerate(iter_sqlite_rows(self.path), 1):
+            text = row[-1] if isinstance(row[-1], str) else str(row[-1])
+            columns = dict(zip(COLUMNS, row[:-1], strict=True))
+            where = f"{os.path.basename(self.path)} row {index}"
+            yield where, text.encode("utf-8", "replace") + b"\n", True, columns
+
+    def mismatch(self, record: dict[str, Any], columns: dict[str, Any]) -> str | None:
+        expected = {
+            "seq": record.get("seq"),
+            "ts": record.get("ts") or "",
+            "call_id": record.get("call_id"),
+            "event": record.get("event") or "",
+            "outcome": record.get("outcome"),
+            "hash": record.get("hash"),
+        }
+        return next((name for name in COLUMNS if columns.get(name) != expected[name]), None)
