@@ -17,7 +17,7 @@ from qwed_guard.audit.sinks import close_all
 from qwed_guard.sim import SimulatedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Samples written for a simulator a reader starts with `qwed-guard sim --port 8000`, and for
 # Redis and PostgreSQL on their usual ports: the tests run them against private servers.
 SIM_URL = "http://127.0.0.1:8000/v1"
@@ -38,7 +38,7 @@ SAMPLES = [
     (page, index, code)
     for page in PAGES
     for index, code in enumerate(_blocks(page))
-    if _runnable(code)
+    if _runnable(code) or page.name == "CONTRIBUTING.md"  # its samples are all self-contained
 ]
 
 
