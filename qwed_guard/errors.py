@@ -83,18 +83,25 @@ class AuditError(QwedGuardError):
 
 
 class ParameterError(QwedGuardError, ValueError):
-    """A decorator argument is invalid; `param` names it so a policy can report its path."""
+    """A decorator argument is invalid; `param` names it so a policy can report its path.
 
-    def __init__(self, param: str, problem: str) -> None:
+    `errors` lists every problem found, one `param: why` line each (the first is `param`'s).
+    """
+
+    def __init__(self, param: str, problem: str, errors: Sequence[str] = ()) -> None:
         self.param = param
         self.problem = scrub(problem)
-        super().__init__(f"{param}: {problem}")
+        first = f"{param}: {problem}"
+        super().__init__("\n  ".join([first, *errors[1:]]))
+        self.errors: tuple[str, ...] = tuple(scrub(e) for e in errors) or (scrub(first),)
 
 
 class ParameterTypeError(ParameterError, TypeError):
     """A decorator argument has the wrong type."""
 
 
-def bad_parameter(param: str, problem: str, *, wrong_type: bool = False) -> ParameterError:
+def bad_parameter(
+    param: str, problem: str, *, wrong_type: bool = False, errors: Sequence[str] = ()
+) -> ParameterError:
     """The error to raise at decoration time for a bad argument (`raise bad_parameter(...)`)."""
-    return (ParameterTypeError if wrong_type else ParameterError)(param, problem)
+    return (ParameterTypeError if wrong_type else ParameterError)(param, problem, errors)

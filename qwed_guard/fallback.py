@@ -7,9 +7,9 @@ not pass the symbolic check, whatever it is.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, ParamSpec, overload
+from typing import Any, ClassVar, Literal, ParamSpec, overload
 
 from qwed_guard.context import FALLBACK_USED, CallContext
 from qwed_guard.errors import (
@@ -17,13 +17,13 @@ from qwed_guard.errors import (
     FallbackError,
     PolicyError,
     VerificationFailed,
-    bad_parameter,
 )
 from qwed_guard.layer import Layer, call_diagnosis, guard
+from qwed_guard.options import Options, Problem, data, decorator, function, options_from
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules
 
-__all__ = ["Failure", "FallbackLayer", "GuardedResult", "fallback"]
+__all__ = ["Failure", "FallbackLayer", "FallbackOptions", "GuardedResult", "fallback"]
 
 P = ParamSpec("P")
 
@@ -84,26 +84,31 @@ class Failure:
 Handler = Callable[..., Any]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackOptions(Options):
+    """`@fallback`'s parameters (see `fallback`): exactly one of `value` and `handler`."""
+
+    kind: ClassVar[str] = "fallback"
+
+    value: Any = data(_UNSET, "The conservative value returned when a call is not verified.")
+    handler: Handler | None = function(None, "Called as handler(failure, *args, **kwargs).")
+    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+
+    @classmethod
+    def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
+        if (values["value"] is _UNSET) == (values["handler"] is None):
+            yield Problem("value", "give exactly one of value=... or handler=...")
+
+
 class FallbackLayer(Layer):
     kind = "fallback"
 
-    def __init__(
-        self,
-        *,
-        value: Any = _UNSET,
-        handler: Handler | None = None,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        self.verdict = as_rules(verdict)
-        if (value is _UNSET) == (handler is None):
-            raise bad_parameter("value", "give exactly one of value=... or handler=...")
-        if handler is not None and not callable(handler):
-            raise bad_parameter(
-                "handler", f"must be callable, got {type(handler).__name__}", wrong_type=True
-            )
-        self.value = None if value is _UNSET else value
-        self.handler = handler
-        self._handler_is_async = handler is not None and inspect.iscoroutinefunction(handler)
+    def __init__(self, options: FallbackOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(FallbackOptions, options, params)
+        self.verdict = as_rules(o.verdict)
+        self.value = None if o.value is _UNSET else o.value
+        self.handler = o.handler
+        self._handler_is_async = o.handler is not None and inspect.iscoroutinefunction(o.handler)
 
     def describe(self) -> str:
         if self.handler is not None:
@@ -232,12 +237,8 @@ class _FallbackDecorator:
         return guard(fn, self.layer)
 
 
-def fallback(
-    *,
-    value: Any = _UNSET,
-    handler: Handler | None = None,
-    verdict: VerdictRules | Judge | None = None,
-) -> _FallbackDecorator:
+@decorator(FallbackOptions, lambda options: _FallbackDecorator(FallbackLayer(options)))
+def fallback() -> None:
     """Return `value` (or `handler(failure, *args, **kwargs)`) when the call is not verified.
 
     The decorated function then returns a `GuardedResult` on every path: `source="verified"`
@@ -246,4 +247,3 @@ def fallback(
     (see `VerdictRules.plain`). `VerificationFailed`, unverified results and ordinary
     exceptions fall back; `KeyboardInterrupt`, `SystemExit`, cancellation and `AuditError` do not.
     """
-    return _FallbackDecorator(FallbackLayer(value=value, handler=handler, verdict=verdict))

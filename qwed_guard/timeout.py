@@ -20,17 +20,25 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import MISSING, dataclass, field
+from typing import Any, ClassVar
 
 from qwed_guard import clock
 from qwed_guard.context import CallContext
 from qwed_guard.errors import QwedGuardError, bad_parameter
-from qwed_guard.layer import Layer, guard, record_attempt
+from qwed_guard.layer import Layer, record_attempt
+from qwed_guard.options import (
+    Options,
+    applies,
+    decorator,
+    describe,
+    number,
+    options_from,
+    required,
+)
 from qwed_guard.outcomes import Diagnosis, Outcome
 
-__all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "attempt_timeout"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "TimeoutOptions", "attempt_timeout"]
 
 
 class AttemptTimeout(QwedGuardError, TimeoutError):
@@ -44,24 +52,31 @@ class AttemptTimeout(QwedGuardError, TimeoutError):
         super().__init__(self.error)
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutOptions(Options):
+    """`@attempt_timeout`'s parameters (see `attempt_timeout`)."""
+
+    kind: ClassVar[str] = "attempt_timeout"
+
+    # Longer waits overflow asyncio's timers.
+    seconds: float = field(
+        metadata=required(number(MISSING, 0, 86400, "Seconds one attempt may take.", above=True))
+    )
+
+
 class AttemptTimeoutLayer(Layer):
     """Cancels an attempt that runs longer than `seconds`."""
 
     kind = "attempt_timeout"
 
-    def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise bad_parameter(
-                "seconds", f"must be a number, got {type(seconds).__name__}", wrong_type=True
-            )
-        if not seconds > 0:
-            raise bad_parameter("seconds", f"must be > 0, got {seconds}")
-        if not seconds <= 86400:  # NaN too; longer waits overflow asyncio's timers
-            raise bad_parameter("seconds", f"must be at most 86400, got {seconds}")
-        self.seconds = float(seconds)
+    def __init__(self, options: TimeoutOptions | float | None = None, /, **params: Any) -> None:
+        if not isinstance(options, TimeoutOptions | None):
+            options = TimeoutOptions(options)
+        self.options = options_from(TimeoutOptions, options, params)
+        self.seconds = float(self.options.seconds)
 
     def describe(self) -> str:
-        return f"attempt_timeout(seconds={self.seconds:g})"
+        return describe(self.kind, self.options)
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> AttemptTimeoutLayer:
         if not inspect.iscoroutinefunction(fn):
@@ -93,16 +108,11 @@ class AttemptTimeoutLayer(Layer):
             raise error from exc
 
 
-def attempt_timeout(seconds: float) -> Callable[[F], F]:
+@decorator(TimeoutOptions, applies(AttemptTimeoutLayer))
+def attempt_timeout() -> None:
     """Cancel an `async def` attempt after `seconds`; it counts as a transient failure.
 
     Put it innermost (below `@retry` and `@circuit_breaker`) so each attempt gets its own
     bound and the breaker counts timeouts. Sync functions are refused at decoration: give
     their HTTP client the timeout instead (`guarded_client(..., timeout=seconds)`).
     """
-    layer = AttemptTimeoutLayer(seconds)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate
