@@ -33,6 +33,7 @@ from qwed_guard.options import (
     data,
     integer,
     layer_decorator,
+    layer_signature,
     number,
     options_from,
     outcomes,
@@ -570,6 +571,8 @@ class CircuitBreakerLayer(Layer):
     """The breaker's parameters; `bind` gives each decorated function its `Breaker`."""
 
     kind = "circuit_breaker"
+    options_type = BreakerOptions
+    __signature__ = layer_signature(BreakerOptions)
 
     def __init__(self, options: BreakerOptions | None = None, /, **params: Any) -> None:
         o = self.options = options_from(BreakerOptions, options, params)

@@ -19,7 +19,15 @@ from qwed_guard.errors import (
     VerificationFailed,
 )
 from qwed_guard.layer import Layer, call_diagnosis, guard
-from qwed_guard.options import Options, Problem, data, decorator, function, options_from
+from qwed_guard.options import (
+    Options,
+    Problem,
+    data,
+    decorator,
+    function,
+    layer_signature,
+    options_from,
+)
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules
 
@@ -102,6 +110,8 @@ class FallbackOptions(Options):
 
 class FallbackLayer(Layer):
     kind = "fallback"
+    options_type = FallbackOptions
+    __signature__ = layer_signature(FallbackOptions)
 
     def __init__(self, options: FallbackOptions | None = None, /, **params: Any) -> None:
         o = self.options = options_from(FallbackOptions, options, params)

@@ -46,6 +46,7 @@ __all__ = [
     "function",
     "integer",
     "layer_decorator",
+    "layer_signature",
     "number",
     "outcomes",
     "problems",
@@ -446,10 +447,10 @@ def has_default(option: dataclasses.Field[Any]) -> bool:
     return option.default is not dataclasses.MISSING
 
 
-def problems(cls: type[Any], values: Mapping[str, Any]) -> list[Problem]:
+def problems(cls: type[Any], values: Mapping[str, Any], *, relations: bool = True) -> list[Problem]:
     """Every problem of `values` as options of `cls`, each named by its key.
 
-    Unknown keys and missing required ones are problems too; relations between options are
+    Unknown keys and missing required ones are problems too; `relations` between options are
     checked once every option is valid on its own."""
     options = declared(cls)
     found: list[Problem] = []
@@ -468,10 +469,10 @@ def problems(cls: type[Any], values: Mapping[str, Any]) -> list[Problem]:
         why = spec.problem(value)
         if why is not None:
             found.append(Problem(name, *why))
-    relations = getattr(cls, "relations", None)
-    if not found and relations is not None:
+    between = getattr(cls, "relations", None)
+    if relations and not found and between is not None:
         full = {name: values.get(name, option.default) for name, option in options.items()}
-        found.extend(relations(full))
+        found.extend(between(full))
     return found
 
 
@@ -520,6 +521,16 @@ def describe(kind: str, options: Options) -> str:
             continue
         parts.append(f"{name}={_shown(value)}")
     return f"{kind}({'; '.join(parts)})"
+
+
+def layer_signature(cls: type[Options]) -> inspect.Signature:
+    """A layer constructor's signature: its options made, or their fields as keywords."""
+    made = inspect.Parameter("options", inspect.Parameter.POSITIONAL_ONLY, default=None)
+    fields = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(cls).parameters.values()
+    ]
+    return inspect.Signature([made, *fields])
 
 
 def options_from(cls: type[Opts], options: Opts | None, params: Mapping[str, Any]) -> Opts:

@@ -26,6 +26,7 @@ from qwed_guard.options import (
     function,
     integer,
     layer_decorator,
+    layer_signature,
     number,
     options_from,
     outcomes,
@@ -83,6 +84,8 @@ class RetryLayer(Layer):
     """The retry loop's parameters; `around` runs one call through it."""
 
     kind = "retry"
+    options_type = RetryOptions
+    __signature__ = layer_signature(RetryOptions)
 
     def __init__(self, options: RetryOptions | None = None, /, **params: Any) -> None:
         o = self.options = options_from(RetryOptions, options, params)

@@ -32,6 +32,7 @@ from qwed_guard.options import (
     applies,
     decorator,
     describe,
+    layer_signature,
     number,
     options_from,
     required,
@@ -68,6 +69,8 @@ class AttemptTimeoutLayer(Layer):
     """Cancels an attempt that runs longer than `seconds`."""
 
     kind = "attempt_timeout"
+    options_type = TimeoutOptions
+    __signature__ = layer_signature(TimeoutOptions)
 
     def __init__(self, options: TimeoutOptions | float | None = None, /, **params: Any) -> None:
         if not isinstance(options, TimeoutOptions | None):

@@ -31,6 +31,7 @@ from qwed_guard.options import (
     flag,
     integer,
     layer_decorator,
+    layer_signature,
     number,
     options_from,
     seconds_list,
@@ -302,6 +303,8 @@ class AlertLayer(Layer):
     """Counts failed calls per key and notifies channels; see `alert_on_failures`."""
 
     kind = "alert_on_failures"
+    options_type = AlertOptions
+    __signature__ = layer_signature(AlertOptions)
 
     def __init__(self, options: AlertOptions | None = None, /, **params: Any) -> None:
         o = self.options = options_from(AlertOptions, options, params)

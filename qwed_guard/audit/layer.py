@@ -57,6 +57,7 @@ from qwed_guard.options import (
     data,
     integer,
     layer_decorator,
+    layer_signature,
     number,
     options_from,
     text,
@@ -410,6 +411,8 @@ class AuditLayer(Layer):
     """The audit trail's parameters and sink; `around` records one call."""
 
     kind = "audited"
+    options_type = AuditOptions
+    __signature__ = layer_signature(AuditOptions)
 
     def __init__(self, options: AuditOptions | None = None, /, **params: Any) -> None:
         o = self.options = options_from(AuditOptions, options, params)
