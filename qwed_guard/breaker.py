@@ -32,6 +32,7 @@ from qwed_guard.options import (
     Problem,
     data,
     integer,
+    judged_by,
     layer_decorator,
     layer_signature,
     number,
@@ -558,7 +559,7 @@ class BreakerOptions(Options):
     key: str | None = text(None, "Names the state; functions with one key share a breaker.")
     state: str | StateStore | None = data(None, "Where the state lives (a store URL).", STRING)
     notify: Any = data(None, "Alert channels told when it opens and closes.", CHANNELS)
-    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+    verdict: VerdictRules | Judge | None = judged_by()
 
     @classmethod
     def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:

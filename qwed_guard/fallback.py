@@ -25,6 +25,7 @@ from qwed_guard.options import (
     data,
     decorator,
     function,
+    judged_by,
     layer_signature,
     options_from,
 )
@@ -100,7 +101,7 @@ class FallbackOptions(Options):
 
     value: Any = data(_UNSET, "The conservative value returned when a call is not verified.")
     handler: Handler | None = function(None, "Called as handler(failure, *args, **kwargs).")
-    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+    verdict: VerdictRules | Judge | None = judged_by()
 
     @classmethod
     def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:

@@ -45,6 +45,7 @@ __all__ = [
     "flag",
     "function",
     "integer",
+    "judged_by",
     "layer_decorator",
     "layer_signature",
     "number",
@@ -96,10 +97,8 @@ class Spec:
         return None
 
     def schema(self) -> dict[str, Any]:
-        found = dict(self.json)
-        if self.optional and found:
-            found = {"anyOf": [found, {"type": "null"}]}
-        return {"description": self.doc, **found} if self.doc else found
+        """How a policy file writes this option, as JSON Schema (without null)."""
+        return dict(self.json)
 
     def data(self, value: Any) -> Any:
         """`value` (already plain data) in the policy's normal form."""
@@ -213,7 +212,7 @@ class _Outcomes(Spec):
         listed: dict[str, Any] = {"type": "array", "items": names}
         if self.nonempty:
             listed["minItems"] = 1
-        return {"description": self.doc, "anyOf": [names, listed]}
+        return {"anyOf": [names, listed]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -349,7 +348,7 @@ def choice(
     names = tuple(names)
     json: dict[str, Any] = {"enum": list(names)}
     if callable:
-        json = {"anyOf": [json, {"type": "string", "pattern": ":"}]}
+        json = {"anyOf": [json, {"type": "string", "pattern": "[:.]"}]}
     spec = _Choice(
         doc=doc, names=names, callable=callable, importable=callable, optional=optional, json=json
     )
@@ -375,7 +374,7 @@ def text(default: T, doc: str, *, optional: bool = True) -> T:
 
 def function(default: T, doc: str, *, optional: bool = True) -> T:
     """A callable; a policy names it `module:function`."""
-    json = {"type": "string", "pattern": ":|\\."}
+    json = {"type": "string", "pattern": "[:.]"}
     spec = _Function(doc=doc, optional=optional, importable=True, json=json)
     result: T = _field(default, spec)
     return result
@@ -410,6 +409,13 @@ def data(
     )
     result: T = _field(default, spec)
     return result
+
+
+def judged_by() -> Any:
+    """Every decorator's `verdict`: VerdictRules or a judge function (a policy file has its own
+    top-level `verdict` table instead)."""
+    doc = "How results are judged; in a policy file, use the top-level verdict table."
+    return data(None, doc, {"type": "null"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from qwed_guard.layer import Layer, call_diagnosis
 from qwed_guard.options import (
     Options,
     choice,
-    data,
     function,
     integer,
+    judged_by,
     layer_decorator,
     layer_signature,
     number,
@@ -77,7 +77,7 @@ class RetryOptions(Options):
         None, 0, 10_000_000, "At most this many re-asks after wrong answers.", optional=True
     )
     classifier: Classifier | None = function(None, "Says a result's outcome instead of QWED's.")
-    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+    verdict: VerdictRules | Judge | None = judged_by()
 
 
 class RetryLayer(Layer):

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from qwed_guard import clock
 from qwed_guard.errors import bad_parameter
+from qwed_guard.options import choice, data, flag, function
 from qwed_guard.outcomes import (
     Classifier,
     Diagnosis,
@@ -694,6 +695,9 @@ def _check_attestations(result: Any, jwks: Mapping[str, Any]) -> Diagnosis | Non
 # ------------------------------------------------------------------------------- the rules
 
 
+_JWKS = {"anyOf": [{"type": "string", "pattern": "^https?://"}, {"type": "object"}]}
+
+
 @dataclass(frozen=True, slots=True)
 class VerdictRules:
     """How a stack judges results: `verdict=` on any decorator, or a policy's `verdict` table.
@@ -709,12 +713,16 @@ class VerdictRules:
       against `jwks` (the server's base URL, a JWKS URL, or a JWKS object) and signs ADMIT.
     """
 
-    judge: Judge | None = None
-    plain: PlainRule = "pass"
-    deterministic: bool | None = None
-    require_attestation: bool = False
-    jwks: Any = None
-    method: str | None = None
+    judge: Judge | None = function(None, "Judges a result instead of the verdict table.")
+    plain: PlainRule = choice("pass", ("pass", "fail"), "A plain value passes, or fails.")
+    deterministic: bool | None = data(
+        None, "The call is a rule-based check (true) or asks an LLM (false).", {"type": "boolean"}
+    )
+    require_attestation: bool = flag(False, "A verified answer must carry a QWED attestation.")
+    jwks: Any = data(
+        None, "Where the attestation keys are: the server's URL, a JWKS URL or object.", _JWKS
+    )
+    method: str | None = data(None, "The QWED method the call runs.", {"type": "string"})
     """The QWED method the call runs, when `guard_client` knows it."""
     _keys: _Keys | None = field(default=None, init=False, repr=False, compare=False)
 

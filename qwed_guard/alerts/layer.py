@@ -30,6 +30,7 @@ from qwed_guard.options import (
     data,
     flag,
     integer,
+    judged_by,
     layer_decorator,
     layer_signature,
     number,
@@ -283,7 +284,7 @@ class AlertOptions(Options):
         DEFAULT_RETRY_DELAYS, MAX_DELIVERY_SECONDS, 20, "Waits before redelivering an alert."
     )
     queue_size: int = integer(DEFAULT_QUEUE_SIZE, 1, MAX_COUNT, "Alerts queued per channel.")
-    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+    verdict: VerdictRules | Judge | None = judged_by()
 
     @classmethod
     def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:

@@ -56,6 +56,7 @@ from qwed_guard.options import (
     choice,
     data,
     integer,
+    judged_by,
     layer_decorator,
     layer_signature,
     number,
@@ -396,7 +397,7 @@ class AuditOptions(Options):
         None, 0, 100 * 366.0, "Days rotated files are kept.", above=True, optional=True, span=True
     )
     anchor: str | None = text(None, "A file, out of the trail's reach, that gets checkpoints.")
-    verdict: VerdictRules | Judge | None = data(None, "How results are judged.", {"type": "object"})
+    verdict: VerdictRules | Judge | None = judged_by()
 
     @classmethod
     def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
