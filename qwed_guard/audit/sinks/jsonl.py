@@ -146,7 +146,9 @@ def _looks_like_trail(first: bytes) -> bool:
 
     newline = first.find(b"\n")
     if newline < 0:
-        return first.startswith(b'{"')  # one torn record, left by a crash on the first write
+        # Empty: a crash between creating the file and its first write. Else one torn record,
+        # left by a crash on the first write.
+        return not first or first.startswith(b'{"')
     try:
         record = orjson.loads(first[:newline])
     except orjson.JSONDecodeError:
