@@ -13,13 +13,24 @@ doc. That one declaration is:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import enum
 import inspect
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from qwed_guard.errors import bad_parameter
 from qwed_guard.outcomes import Outcome
@@ -27,40 +38,17 @@ from qwed_guard.outcomes import Outcome
 if TYPE_CHECKING:
     from qwed_guard.layer import Layer
 
-__all__ = [
-    "CHANNELS",
-    "STRING",
-    "Decorator",
-    "LayerDecorator",
-    "Options",
-    "Problem",
-    "Spec",
-    "applies",
-    "check",
-    "choice",
-    "data",
-    "declared",
-    "decorator",
-    "describe",
-    "flag",
-    "function",
-    "integer",
-    "judged_by",
-    "layer_decorator",
-    "layer_signature",
-    "number",
-    "outcomes",
-    "problems",
-    "required",
-    "seconds_list",
-    "text",
-]
+__all__ = ["BareDecorator", "Decorator", "LayerDecorator", "Options", "Problem", "Spec", "check"]
+__all__ += ["choice", "data", "flag", "function", "integer", "number", "outcomes", "text"]
+__all__ += ["declared", "decorator", "describe", "layer_decorator", "problems", "required"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Opts = TypeVar("Opts", bound="Options")
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
+Why = tuple[str, bool] | None
+"""Why a value is refused, and whether for its type; None when it is not."""
 
 _SPEC = "qwed_guard.spec"
 
@@ -77,199 +65,36 @@ class Problem(NamedTuple):
 # How one option is checked and written as data
 
 
-def _number_like(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _anything(value: Any) -> Why:
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Spec:
-    """How one option is checked; `json` is how a policy file writes it (a JSON Schema)."""
+    """How one option is checked (`test`, None aside) and how a policy file writes it (`json`,
+    a JSON Schema without null)."""
 
     doc: str = ""
+    test: Callable[[Any], Why] = _anything
+    json: Mapping[str, Any] = field(default_factory=dict)
     optional: bool = False
     """None is allowed (and means unset)."""
     importable: bool = False
     """A policy file may name a function here as `module:function`."""
-    json: Mapping[str, Any] = field(default_factory=dict)
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        """Why `value` is refused (and whether for its type), or None. None is checked already."""
-        return None
-
-    def schema(self) -> dict[str, Any]:
-        """How a policy file writes this option, as JSON Schema (without null)."""
-        return dict(self.json)
-
-    def data(self, value: Any) -> Any:
-        """`value` (already plain data) in the policy's normal form."""
-        return value
+    normal: Callable[[Any], Any] | None = None
+    """The policy's normal form of a value (already plain data)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Integer(Spec):
-    least: int
-    most: int
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an int, got {type(value).__name__}", True
-        if value < self.least:
-            return f"must be >= {self.least}, got {value}", False
-        if value > self.most:
-            return f"must be <= {self.most}, got {value}", False
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Number(Spec):
-    least: float
-    most: float
-    above: bool = False
-    """The least itself is refused (`> least`)."""
-    what: str = "a number"
-    span: str | None = None
-    """The range as the message names it, when both ends are named."""
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if not _number_like(value):
-            return f"must be {self.what}, got {type(value).__name__}", True
-        low = f"> {self.least:g}" if self.above else f">= {self.least:g}"
-        too_low = not value > self.least if self.above else not value >= self.least
-        if self.span is not None and (too_low or not value <= self.most):
-            return f"must be {self.span}, got {value!r}", False
-        if too_low:
-            return f"must be {low}, got {value!r}", False
-        if not value <= self.most or not math.isfinite(value):
-            return f"must be <= {self.most:g}, got {value!r}", False
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Flag(Spec):
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if not isinstance(value, bool):
-            return f"must be true or false, got {value!r}", True
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Choice(Spec):
-    names: tuple[str, ...]
-    callable: bool = False
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if isinstance(value, str) and value in self.names:
-            return None
-        if self.callable and callable(value):
-            return None
-        if len(self.names) == 2 and not self.callable:
-            wanted = " or ".join(repr(n) for n in self.names)
-        else:
-            wanted = "one of " + ", ".join(repr(n) for n in self.names)
-            wanted += ", a callable" if self.callable else ""
-        wanted += " or None" if self.optional else ""
-        if not isinstance(value, str) and self.callable:
-            none = " or None" if self.optional else ""
-            return f"must be a name, a callable{none}, got {value!r}", True
-        return f"must be {wanted}, got {value!r}", not isinstance(value, str)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Outcomes(Spec):
-    allowed: frozenset[Outcome]
-    refused: str
-    """Why an outcome outside `allowed` is refused, `{}` standing for it."""
-    nonempty: bool = False
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, Iterable):
-            got = type(value).__name__
-            return f"must be a list of outcome names, got {got}", True
-        names = ", ".join(sorted(o.value for o in self.allowed))
-        count = 0
-        for item in items:
-            try:
-                outcome = Outcome(item)
-            except ValueError:
-                return f"unknown outcome {item!r}; choose from {names}", False
-            if outcome not in self.allowed:
-                return f"{self.refused.format(outcome.value)} (choose from {names})", False
-            count += 1
-        if self.nonempty and not count:
-            return "needs at least one outcome", False
-        return None
-
-    def data(self, value: Any) -> Any:
-        # A set: order and repeats carry no meaning, so they must not change the policy's hash.
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list) and all(isinstance(item, str) for item in items):
-            return sorted(set(items))
-        return value
-
-    def schema(self) -> dict[str, Any]:
-        names = {"enum": sorted(o.value for o in self.allowed)}
-        listed: dict[str, Any] = {"type": "array", "items": names}
-        if self.nonempty:
-            listed["minItems"] = 1
-        return {"anyOf": [names, listed]}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Text(Spec):
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if not isinstance(value, str) or not value.strip():
-            return f"must be a non-empty string, got {value!r}", not isinstance(value, str)
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Function(Spec):
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if not callable(value):
-            return f"must be callable, got {type(value).__name__}", True
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Seconds(Spec):
-    most: float
-    count: int
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
-            return "must be a list of seconds", True
-        if len(value) > self.count:
-            return f"at most {self.count} delays, got {len(value)}", False
-        for index, item in enumerate(value):
-            if not _number_like(item) or not 0 <= item <= self.most:
-                return f"[{index}] must be a number >= 0 and <= {self.most:g}, got {item!r}", False
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Check(Spec):
-    """A spec given as a function: `test(value)` is the problem, or None."""
-
-    test: Callable[[Any], tuple[str, bool] | None] = lambda value: None
-
-    def problem(self, value: Any) -> tuple[str, bool] | None:
-        return self.test(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Field helpers: `max_tries: int = integer(3, 1, 100, "Attempts in all.")`
-
-
-def _field(default: Any, spec: Spec) -> Any:
+def _option(default: Any, test: Callable[[Any], Why], doc: str, json: Any, **spec: Any) -> Any:
+    metadata = {_SPEC: Spec(doc=doc, test=test, json=json, **spec)}
     if default is dataclasses.MISSING:
-        return field(metadata={_SPEC: spec})
-    return field(default=default, metadata={_SPEC: spec})
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-_JSON_INT = {"type": "integer"}
 STRING: Mapping[str, Any] = {"type": "string"}
 """The JSON Schema of an option a policy writes as a string (a URL, a name)."""
+_DOTTED = {"type": "string", "pattern": "[:.]"}
 _CHANNEL = {
     "anyOf": [
         {"type": "string", "description": "log, or module:function"},
@@ -278,6 +103,10 @@ _CHANNEL = {
 }
 CHANNELS: Mapping[str, Any] = {"anyOf": [_CHANNEL, {"type": "array", "items": _CHANNEL}]}
 """The JSON Schema of alert channels (`notify`)."""
+
+
+def _number_like(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def required(option: Any) -> Mapping[str, Any]:
@@ -292,10 +121,18 @@ def required(option: Any) -> Mapping[str, Any]:
 
 def integer(default: T, least: int, most: int, doc: str, *, optional: bool = False) -> T:
     """An int in `[least, most]`."""
-    json = {**_JSON_INT, "minimum": least, "maximum": most}
-    spec = _Integer(doc=doc, least=least, most=most, optional=optional, json=json)
-    result: T = _field(default, spec)
-    return result
+
+    def test(value: Any) -> Why:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an int, got {type(value).__name__}", True
+        if value < least:
+            return f"must be >= {least}, got {value}", False
+        if value > most:
+            return f"must be <= {most}, got {value}", False
+        return None
+
+    json = {"type": "integer", "minimum": least, "maximum": most}
+    return cast(T, _option(default, test, doc, json, optional=optional))
 
 
 def number(
@@ -309,85 +146,133 @@ def number(
     what: str = "a number",
     span: bool | str = False,
 ) -> T:
-    """A finite number in `[least, most]` (`(least, most]` when `above`).
-
-    `span` names both ends in the message (`True`, or the range as text)."""
-    low = "exclusiveMinimum" if above else "minimum"
-    json = {"type": "number", low: least, "maximum": most}
+    """A finite number in `[least, most]` (`(least, most]` when `above`); `what` names it in a
+    type error, `span` names the range in a range error (True: both ends)."""
+    low = f"> {least:g}" if above else f">= {least:g}"
     if span is True:
-        span = f"{'>' if above else '>='} {least:g} and <= {most:g}"
-    spec = _Number(
-        doc=doc,
-        least=least,
-        most=most,
-        above=above,
-        optional=optional,
-        what=what,
-        span=span or None,
-        json=json,
-    )
-    result: T = _field(default, spec)
-    return result
+        span = f"{low} and <= {most:g}"
+
+    def test(value: Any) -> Why:
+        if not _number_like(value):
+            return f"must be {what}, got {type(value).__name__}", True
+        too_low = not (value > least if above else value >= least)  # NaN too
+        if too_low or not value <= most or not math.isfinite(value):
+            return f"must be {span or (low if too_low else f'<= {most:g}')}, got {value!r}", False
+        return None
+
+    json = {"type": "number", "exclusiveMinimum" if above else "minimum": least, "maximum": most}
+    return cast(T, _option(default, test, doc, json, optional=optional))
 
 
 def flag(default: T, doc: str) -> T:
     """true or false."""
-    result: T = _field(default, _Flag(doc=doc, json={"type": "boolean"}))
-    return result
+
+    def test(value: Any) -> Why:
+        return None if isinstance(value, bool) else (f"must be true or false, got {value!r}", True)
+
+    return cast(T, _option(default, test, doc, {"type": "boolean"}))
 
 
 def choice(
-    default: T,
-    names: Iterable[str],
-    doc: str,
-    *,
-    callable: bool = False,
-    optional: bool = False,
+    default: T, names: Iterable[str], doc: str, *, callable: bool = False, optional: bool = False
 ) -> T:
     """One of `names` (or, with `callable`, a function: `module:function` in a policy)."""
     names = tuple(names)
-    json: dict[str, Any] = {"enum": list(names)}
+    quoted = [repr(name) for name in names]
+    if len(names) == 2 and not callable:
+        wanted = " or ".join(quoted)
+    else:
+        wanted = "one of " + ", ".join(quoted) + (", a callable" if callable else "")
+    none = " or None" if optional else ""
+    is_function = builtins.callable
+
+    def test(value: Any) -> Why:
+        if (isinstance(value, str) and value in names) or (callable and is_function(value)):
+            return None
+        if callable and not isinstance(value, str):
+            return f"must be a name, a callable{none}, got {value!r}", True
+        return f"must be {wanted}{none}, got {value!r}", not isinstance(value, str)
+
+    json: Mapping[str, Any] = {"enum": list(names)}
     if callable:
-        json = {"anyOf": [json, {"type": "string", "pattern": "[:.]"}]}
-    spec = _Choice(
-        doc=doc, names=names, callable=callable, importable=callable, optional=optional, json=json
-    )
-    result: T = _field(default, spec)
-    return result
+        json = {"anyOf": [json, _DOTTED]}
+    spec = {"optional": optional, "importable": callable}
+    return cast(T, _option(default, test, doc, json, **spec))
+
+
+def _outcome_set(value: Any) -> Any:
+    # A set: order and repeats carry no meaning, so they must not change the policy's hash.
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and all(isinstance(item, str) for item in items):
+        return sorted(set(items))
+    return value
 
 
 def outcomes(
     default: T, allowed: Iterable[Outcome], refused: str, doc: str, *, nonempty: bool = False
 ) -> T:
-    """A set of outcome names out of `allowed` (one name alone is a set of one)."""
-    spec = _Outcomes(doc=doc, allowed=frozenset(allowed), refused=refused, nonempty=nonempty)
-    result: T = _field(default, spec)
-    return result
+    """A set of outcome names out of `allowed` (one name alone is a set of one); `refused` says
+    why another outcome is refused, `{}` standing for it."""
+    allowed = frozenset(allowed)
+    names = ", ".join(sorted(o.value for o in allowed))
+
+    def test(value: Any) -> Why:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, Iterable):
+            return f"must be a list of outcome names, got {type(value).__name__}", True
+        count = 0
+        for item in items:
+            try:
+                outcome = Outcome(item)
+            except ValueError:
+                return f"unknown outcome {item!r}; choose from {names}", False
+            if outcome not in allowed:
+                return f"{refused.format(outcome.value)} (choose from {names})", False
+            count += 1
+        return ("needs at least one outcome", False) if nonempty and not count else None
+
+    enum_ = {"enum": sorted(o.value for o in allowed)}
+    listed = {"type": "array", "items": enum_, **({"minItems": 1} if nonempty else {})}
+    json = {"anyOf": [enum_, listed]}
+    return cast(T, _option(default, test, doc, json, normal=_outcome_set))
 
 
-def text(default: T, doc: str, *, optional: bool = True) -> T:
-    """A non-empty string."""
-    spec = _Text(doc=doc, optional=optional, json={"type": "string", "minLength": 1})
-    result: T = _field(default, spec)
-    return result
+def text(default: T, doc: str) -> T:
+    """A non-empty string, or None."""
+
+    def test(value: Any) -> Why:
+        if isinstance(value, str) and value.strip():
+            return None
+        return f"must be a non-empty string, got {value!r}", not isinstance(value, str)
+
+    return cast(T, _option(default, test, doc, {"type": "string", "minLength": 1}, optional=True))
 
 
-def function(default: T, doc: str, *, optional: bool = True) -> T:
-    """A callable; a policy names it `module:function`."""
-    json = {"type": "string", "pattern": "[:.]"}
-    spec = _Function(doc=doc, optional=optional, importable=True, json=json)
-    result: T = _field(default, spec)
-    return result
+def function(default: T, doc: str) -> T:
+    """A callable, or None; a policy names it `module:function`."""
+
+    def test(value: Any) -> Why:
+        return None if callable(value) else (f"must be callable, got {type(value).__name__}", True)
+
+    return cast(T, _option(default, test, doc, _DOTTED, optional=True, importable=True))
 
 
 def seconds_list(default: T, most: float, count: int, doc: str) -> T:
     """A list of at most `count` waits, each in `[0, most]` seconds."""
+
+    def test(value: Any) -> Why:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+            return "must be a list of seconds", True
+        if len(value) > count:
+            return f"at most {count} delays, got {len(value)}", False
+        for index, item in enumerate(value):
+            if not _number_like(item) or not 0 <= item <= most:
+                return f"[{index}] must be a number >= 0 and <= {most:g}, got {item!r}", False
+        return None
+
     item = {"type": "number", "minimum": 0, "maximum": most}
-    spec = _Seconds(
-        doc=doc, most=most, count=count, json={"type": "array", "items": item, "maxItems": count}
-    )
-    result: T = _field(default, spec)
-    return result
+    json = {"type": "array", "items": item, "maxItems": count}
+    return cast(T, _option(default, test, doc, json))
 
 
 def data(
@@ -395,20 +280,11 @@ def data(
     doc: str,
     json: Mapping[str, Any] | None = None,
     *,
-    test: Callable[[Any], tuple[str, bool] | None] | None = None,
-    optional: bool = False,
+    test: Callable[[Any], Why] = _anything,
     importable: bool = False,
 ) -> T:
-    """Anything `test` accepts (everything without one); the layer checks the rest itself."""
-    spec = _Check(
-        doc=doc,
-        json=json or {},
-        test=test or (lambda value: None),
-        optional=optional,
-        importable=importable,
-    )
-    result: T = _field(default, spec)
-    return result
+    """Anything `test` accepts (everything by default); the layer checks the rest itself."""
+    return cast(T, _option(default, test, doc, json or {}, importable=importable))
 
 
 def judged_by() -> Any:
@@ -472,7 +348,7 @@ def problems(cls: type[Any], values: Mapping[str, Any], *, relations: bool = Tru
         spec = spec_of(option)
         if value is None and (spec.optional or option.default is None):
             continue
-        why = spec.problem(value)
+        why = spec.test(value)
         if why is not None:
             found.append(Problem(name, *why))
     between = getattr(cls, "relations", None)

@@ -283,7 +283,7 @@ def _normalize_value(path: str, value: Any, spec: Spec, problems: _Problems) -> 
         if any(item is _UNSET for item in (value if isinstance(value, list) else [value])):
             return _UNSET
     plain = _plain(value, path, problems)
-    return plain if plain is _UNSET else spec.data(plain)
+    return plain if plain is _UNSET or spec.normal is None else spec.normal(plain)
 
 
 def _import_callables(

@@ -32,7 +32,7 @@ def section_schema(cls: type[Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for name, option in declared(cls).items():
         spec = spec_of(option)
-        found = spec.schema()
+        found = dict(spec.json)
         if found and (spec.optional or option.default is None):
             alternatives = found["anyOf"] if list(found) == ["anyOf"] else [found]
             found = {"anyOf": [*alternatives, {"type": "null"}]}
