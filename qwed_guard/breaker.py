@@ -19,7 +19,7 @@ import enum
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from qwed_guard import clock
 from qwed_guard.context import ALERT_SENT, BREAKER_CHANGED, CallContext
@@ -528,8 +528,6 @@ def _count(default: Any, doc: str, *, optional: bool = False) -> Any:
 class BreakerOptions(Options):
     """`@circuit_breaker`'s parameters (see `circuit_breaker`)."""
 
-    kind: ClassVar[str] = "circuit_breaker"
-
     failure_threshold: int | None = _count(
         None, "Failed attempts in a row that open it.", optional=True
     )
@@ -717,4 +715,5 @@ def circuit_breaker() -> None:
     `notify` (the alerter's channels: `"log"`, `{"slack": {...}}`, ...) gets one `triggered`
     alert when the breaker opens and one `resolved` when it closes again.
     Place it inside `@retry`, so it counts every attempt. `fn.breaker` shows its state.
+    The parameters, their bounds and docs are `BreakerOptions`'s fields.
     """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, ParamSpec, overload
+from typing import Any, Literal, ParamSpec, overload
 
 from qwed_guard.context import FALLBACK_USED, CallContext
 from qwed_guard.errors import (
@@ -96,8 +96,6 @@ Handler = Callable[..., Any]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FallbackOptions(Options):
     """`@fallback`'s parameters (see `fallback`): exactly one of `value` and `handler`."""
-
-    kind: ClassVar[str] = "fallback"
 
     value: Any = data(_UNSET, "The conservative value returned when a call is not verified.")
     handler: Handler | None = function(None, "Called as handler(failure, *args, **kwargs).")
@@ -257,4 +255,5 @@ def fallback() -> None:
     `confidence=0.0` and a `reason`, or `source="unchecked"` for a plain value with no verdict
     (see `VerdictRules.plain`). `VerificationFailed`, unverified results and ordinary
     exceptions fall back; `KeyboardInterrupt`, `SystemExit`, cancellation and `AuditError` do not.
+    The parameters, their bounds and docs are `FallbackOptions`'s fields.
     """

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
     Any,
-    ClassVar,
     Generic,
     NamedTuple,
     ParamSpec,
@@ -301,9 +300,6 @@ def judged_by() -> Any:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
     """Base of every pattern's options: checked, all at once, when made."""
-
-    kind: ClassVar[str] = ""
-    """The decorator (and policy section) these options configure."""
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in declared(type(self)).values()}

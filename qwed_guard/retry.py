@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Collection, Generator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import backoff
 
@@ -53,8 +53,6 @@ _JITTERS: dict[str, Jitter] = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryOptions(Options):
     """`@retry`'s parameters (see `retry`)."""
-
-    kind: ClassVar[str] = "retry"
 
     max_tries: int = integer(3, 1, MAX_TRIES_LIMIT, "Attempts in all, the first included.")
     base: float = number(1.0, 0, 3600, "The first wait, in seconds.", span=True)
@@ -248,4 +246,5 @@ def retry() -> None:
     retried (`retry_on`; `max_reasks` caps the re-asks); permanent ones and refusals by a
     deterministic check never. `verdict` sets how results are judged (see `VerdictRules`).
     When it gives up it raises `VerificationFailed` with every attempt.
+    The parameters, their bounds and docs are `RetryOptions`'s fields.
     """

@@ -21,7 +21,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import MISSING, dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from qwed_guard import clock
 from qwed_guard.context import CallContext
@@ -56,8 +56,6 @@ class AttemptTimeout(QwedGuardError, TimeoutError):
 @dataclass(frozen=True, slots=True)
 class TimeoutOptions(Options):
     """`@attempt_timeout`'s parameters (see `attempt_timeout`)."""
-
-    kind: ClassVar[str] = "attempt_timeout"
 
     # Longer waits overflow asyncio's timers.
     seconds: float = field(
@@ -118,4 +116,5 @@ def attempt_timeout() -> None:
     Put it innermost (below `@retry` and `@circuit_breaker`) so each attempt gets its own
     bound and the breaker counts timeouts. Sync functions are refused at decoration: give
     their HTTP client the timeout instead (`guarded_client(..., timeout=seconds)`).
+    The parameters, their bounds and docs are `TimeoutOptions`'s fields.
     """

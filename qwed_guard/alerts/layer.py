@@ -12,7 +12,7 @@ import copy
 import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, TypedDict
 
 from qwed_guard import clock
 from qwed_guard.alerts.channels import Channel, build_channels
@@ -246,8 +246,6 @@ def _store(state: str | StateStore | None) -> StateStore:
 class AlertOptions(Options):
     """`@alert_on_failures`' parameters (see `alert_on_failures`)."""
 
-    kind: ClassVar[str] = "alert_on_failures"
-
     threshold: int = integer(5, 1, MAX_COUNT, "Failed calls in a row that alert.")
     notify: Notify = data(("log",), "Where alerts go.", CHANNELS, importable=True)
     repeat_interval: float | None = number(
@@ -480,4 +478,5 @@ def alert_on_failures() -> None:
     sharing a key share one count. `state` is where counts live (`"memory:"` by default).
     Alerts go to `notify` on background threads (`timeout` per request, retried after
     `retry_delays`); results and exceptions pass through unchanged. `fn.alerts` is the history.
+    The parameters, their bounds and docs are `AlertOptions`'s fields.
     """

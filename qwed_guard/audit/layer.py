@@ -16,7 +16,7 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from qwed_guard import clock
 from qwed_guard.audit import record as _record
@@ -349,8 +349,6 @@ _YEAR = 366 * 86400.0
 class AuditOptions(Options):
     """`@audited`'s parameters (see `audited`)."""
 
-    kind: ClassVar[str] = "audited"
-
     sink: str | Sink | list[str | Sink] | None = data(
         "jsonl:audit.jsonl", "Where records go: jsonl:PATH, sqlite:PATH, memory:, ...", _SINKS
     )
@@ -602,4 +600,5 @@ def audited() -> None:
     (key in `redact_key_env`) stores the query and context values as keyed hashes. If a
     record cannot be written the call raises `AuditError` (`on_error="log"` logs and returns
     instead).
+    The parameters, their bounds and docs are `AuditOptions`'s fields.
     """
