@@ -2,11 +2,23 @@
 
 A pattern declares its parameters as a frozen dataclass whose fields carry how each is checked
 (`integer`, `number`, `flag`, `choice`, `outcomes`, `text`, `function`, `data`) and a one-line
-doc. That one declaration is:
+doc, and makes its decorator from it:
 
-- the decorator's keyword parameters: `Decorator(RetryOptions, RetryLayer)` takes the dataclass's
-  synthesized `__init__` signature (a ParamSpec), so a type checker checks `retry(max_tries=3)`;
-- the validator's rules: `problems(RetryOptions, values)` reports every bad value at once, named;
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class RetryOptions(Options):
+        max_tries: int = integer(3, 1, 100, "Attempts in all, the first included.")
+        ...
+
+    @layer_decorator(RetryOptions, RetryLayer)
+    def retry() -> None: ...  # its name and docstring are the decorator's
+
+That one declaration is:
+
+- the decorator's keyword parameters: the dataclass's synthesized `__init__`, captured with a
+  ParamSpec, so a type checker checks `retry(max_tries=3)` and refuses `retry(max_trys=3)`;
+- the layer's constructor: `RetryLayer(RetryOptions(...))`, or the same keywords;
+- the validator's rules: `problems(RetryOptions, values)` lists every bad value at once, named,
+  and making the options raises them all (`ParameterError.errors`);
 - the policy loader's keys, defaults and normal form, and the JSON Schema of policy files;
 - `describe()` for the layers that only show their parameters.
 """
