@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from qwed_guard.audit.chain import Key
-from qwed_guard.errors import AuditError, bad_parameter
+from qwed_guard.errors import AuditError
 
 __all__ = ["FLUSH_TIMEOUT", "FSYNC_MODES", "ChainedSink", "FsyncMode", "Sink", "check_options"]
 
@@ -42,7 +42,7 @@ class Sink(Protocol):
 
 
 def check_options(**options: Any) -> None:
-    """Refuse a numeric audit option outside its bounds, naming it (None means unset)."""
+    """Refuse audit options `@audited` would refuse, naming each (None means unset)."""
     from qwed_guard.audit.layer import AuditOptions
     from qwed_guard.options import check
 
@@ -86,9 +86,9 @@ class ChainedSink:
         key: Key | None = None,
         checkpoint_every: int = 1000,
     ) -> None:
-        if fsync not in FSYNC_MODES:
-            raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
-        check_options(batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every)
+        check_options(
+            fsync=fsync, batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every
+        )
         self.fsync: FsyncMode = fsync
         self.batch_size = batch_size
         self.batch_ms = float(batch_ms)
