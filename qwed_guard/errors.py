@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from qwed_guard.hooks import Attempt
 
 __all__ = [
+    "MAX_COUNT",
     "AuditError",
     "FallbackError",
     "ParameterError",
@@ -19,7 +20,6 @@ __all__ = [
     "QwedGuardError",
     "VerificationFailed",
     "bad_parameter",
-    "int_parameter",
 ]
 
 
@@ -84,33 +84,29 @@ class AuditError(QwedGuardError):
 
 
 class ParameterError(QwedGuardError, ValueError):
-    """A decorator argument is invalid; `param` names it so a policy can report its path."""
+    """A decorator argument is invalid; `param` names it so a policy can report its path.
 
-    def __init__(self, param: str, problem: str) -> None:
+    `errors` lists every problem found, one `param: why` line each (the first is `param`'s).
+    """
+
+    def __init__(self, param: str, problem: str, errors: Sequence[str] = ()) -> None:
         self.param = param
         self.problem = scrub(problem)
-        super().__init__(f"{param}: {problem}")
+        first = f"{param}: {problem}"
+        super().__init__("\n  ".join([first, *errors[1:]]))
+        self.errors: tuple[str, ...] = tuple(scrub(e) for e in errors) or (scrub(first),)
 
 
 class ParameterTypeError(ParameterError, TypeError):
     """A decorator argument has the wrong type."""
 
 
-def bad_parameter(param: str, problem: str, *, wrong_type: bool = False) -> ParameterError:
+def bad_parameter(
+    param: str, problem: str, *, wrong_type: bool = False, errors: Sequence[str] = ()
+) -> ParameterError:
     """The error to raise at decoration time for a bad argument (`raise bad_parameter(...)`)."""
-    return (ParameterTypeError if wrong_type else ParameterError)(param, problem)
+    return (ParameterTypeError if wrong_type else ParameterError)(param, problem, errors)
 
 
 MAX_COUNT = 10_000_000
 """The largest count a decorator argument may give."""
-
-
-def int_parameter(param: str, value: Any, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
-    """`value`, checked to be an int from `minimum` to `maximum` (else `bad_parameter`)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_parameter(param, f"must be an int, got {type(value).__name__}", wrong_type=True)
-    if value < minimum:
-        raise bad_parameter(param, f"must be >= {minimum}, got {value}")
-    if value > maximum:
-        raise bad_parameter(param, f"must be at most {maximum}, got {value}")
-    return value

@@ -7,7 +7,7 @@ not pass the symbolic check, whatever it is.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, ParamSpec, overload
@@ -18,14 +18,23 @@ from qwed_guard.errors import (
     AuditError,
     FallbackError,
     PolicyError,
-    bad_parameter,
 )
 from qwed_guard.hooks import FallbackUsed
 from qwed_guard.layer import CallOutcome, Deferred, Layer, guard, outcome_of
+from qwed_guard.options import (
+    Options,
+    Problem,
+    data,
+    decorator,
+    function,
+    judged_by,
+    layer_signature,
+    options_from,
+)
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules
 
-__all__ = ["Failure", "FallbackLayer", "GuardedResult", "fallback"]
+__all__ = ["Failure", "FallbackLayer", "FallbackOptions", "GuardedResult", "fallback"]
 
 P = ParamSpec("P")
 
@@ -86,26 +95,31 @@ class Failure:
 Handler = Callable[..., Any]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackOptions(Options):
+    """`@fallback`'s parameters (see `fallback`): exactly one of `value` and `handler`."""
+
+    value: Any = data(_UNSET, "The conservative value returned when a call is not verified.")
+    handler: Handler | None = function(None, "Called as handler(failure, *args, **kwargs).")
+    verdict: VerdictRules | Judge | None = judged_by()
+
+    @classmethod
+    def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
+        if (values["value"] is _UNSET) == (values["handler"] is None):
+            yield Problem("value", "give exactly one of value=... or handler=...")
+
+
 class FallbackLayer(Layer):
     kind = "fallback"
+    options_type = FallbackOptions
+    __signature__ = layer_signature(FallbackOptions)
 
-    def __init__(
-        self,
-        *,
-        value: Any = _UNSET,
-        handler: Handler | None = None,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        self.verdict = as_rules(verdict)
-        if (value is _UNSET) == (handler is None):
-            raise bad_parameter("value", "give exactly one of value=... or handler=...")
-        if handler is not None and not callable(handler):
-            raise bad_parameter(
-                "handler", f"must be callable, got {type(handler).__name__}", wrong_type=True
-            )
-        self.value = None if value is _UNSET else value
-        self.handler = handler
-        self._handler_is_async = handler is not None and inspect.iscoroutinefunction(handler)
+    def __init__(self, options: FallbackOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(FallbackOptions, options, params)
+        self.verdict = as_rules(o.verdict)
+        self.value = None if o.value is _UNSET else o.value
+        self.handler = o.handler
+        self._handler_is_async = o.handler is not None and inspect.iscoroutinefunction(o.handler)
 
     def describe(self) -> str:
         if self.handler is not None:
@@ -230,12 +244,8 @@ class _FallbackDecorator:
         return guard(fn, self.layer)
 
 
-def fallback(
-    *,
-    value: Any = _UNSET,
-    handler: Handler | None = None,
-    verdict: VerdictRules | Judge | None = None,
-) -> _FallbackDecorator:
+@decorator(FallbackOptions, lambda options: _FallbackDecorator(FallbackLayer(options)))
+def fallback() -> None:
     """Return `value` (or `handler(failure, *args, **kwargs)`) when the call is not verified.
 
     The decorated function then returns a `GuardedResult` on every path: `source="verified"`
@@ -243,5 +253,5 @@ def fallback(
     `confidence=0.0` and a `reason`, or `source="unchecked"` for a plain value with no verdict
     (see `VerdictRules.plain`). `VerificationFailed`, unverified results and ordinary
     exceptions fall back; `KeyboardInterrupt`, `SystemExit`, cancellation and `AuditError` do not.
+    The parameters, their bounds and docs are `FallbackOptions`'s fields.
     """
-    return _FallbackDecorator(FallbackLayer(value=value, handler=handler, verdict=verdict))

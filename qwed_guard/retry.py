@@ -9,29 +9,39 @@ backoff's wait generators and jitter compute the schedule; the loop is ours.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Generator, Iterable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Collection, Generator
+from dataclasses import dataclass
+from typing import Any
 
 import backoff
 
 from qwed_guard import clock
 from qwed_guard.context import CallContext
-from qwed_guard.errors import VerificationFailed, bad_parameter
+from qwed_guard.errors import VerificationFailed
 from qwed_guard.hooks import GaveUp, RetryScheduled
-from qwed_guard.layer import CallOutcome, Layer, guard
+from qwed_guard.layer import CallOutcome, Layer
+from qwed_guard.options import (
+    Options,
+    choice,
+    function,
+    integer,
+    judged_by,
+    layer_decorator,
+    layer_signature,
+    number,
+    options_from,
+    outcomes,
+)
 from qwed_guard.outcomes import ANSWERED, Classifier, Diagnosis, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
-__all__ = ["DEFAULT_RETRY_ON", "RetryLayer", "retry"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["DEFAULT_RETRY_ON", "RetryLayer", "RetryOptions", "retry"]
 
 Jitter = Callable[[float], float]
 
 DEFAULT_RETRY_ON: frozenset[Outcome] = frozenset(
     {Outcome.TRANSIENT, Outcome.REFUTED, Outcome.UNVERIFIABLE}
 )
-_RETRYABLE = DEFAULT_RETRY_ON
 _REASKS = frozenset({Outcome.REFUTED, Outcome.UNVERIFIABLE})
 MAX_TRIES_LIMIT = 100
 """More tries than this is a misconfiguration (and would overflow the backoff schedule)."""
@@ -41,119 +51,56 @@ _JITTERS: dict[str, Jitter] = {
 }
 
 
-def _parse_retry_on(retry_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
-    if isinstance(retry_on, str):
-        retry_on = [retry_on]
-    if not isinstance(retry_on, Iterable):
-        got = type(retry_on).__name__
-        raise bad_parameter(
-            "retry_on", f"must be a list of outcome names, got {got}", wrong_type=True
-        )
-    chosen: set[Outcome] = set()
-    for item in retry_on:
-        try:
-            outcome = Outcome(item)
-        except ValueError:
-            names = ", ".join(sorted(o.value for o in _RETRYABLE))
-            raise bad_parameter(
-                "retry_on", f"unknown outcome {item!r}; choose from {names}"
-            ) from None
-        if outcome not in _RETRYABLE:
-            names = ", ".join(sorted(o.value for o in _RETRYABLE))
-            raise bad_parameter(
-                "retry_on", f"{outcome.value} outcomes are never retried (choose from {names})"
-            )
-        chosen.add(outcome)
-    return frozenset(chosen)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryOptions(Options):
+    """`@retry`'s parameters (see `retry`)."""
 
-
-# The largest sane value of each number: beyond it a schedule overflows or never ends.
-_MOST: dict[str, float] = {
-    "base": 3600.0,
-    "factor": 100.0,
-    "max_delay": 86400.0,
-    "max_time": 7 * 86400.0,
-}
-
-
-def _non_negative(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
-    most = _MOST[name]
-    if not math.isfinite(value) or value < 0 or value > most:
-        raise bad_parameter(name, f"must be >= 0 and <= {most:g}, got {value!r}")
+    max_tries: int = integer(3, 1, MAX_TRIES_LIMIT, "Attempts in all, the first included.")
+    base: float = number(1.0, 0, 3600, "The first wait, in seconds.", span=True)
+    factor: float = number(2.0, 1, 100, "Each wait is the last one times this.", span=True)
+    max_delay: float = number(60.0, 0, 86400, "No wait is longer (seconds).", span=True)
+    jitter: str | Jitter | None = choice(
+        "full",
+        (*_JITTERS, "none"),
+        "How waits are randomized; none (or null) for exact waits.",
+        callable=True,
+        optional=True,
+    )
+    max_time: float | None = number(
+        None, 0, 7 * 86400, "No attempt starts after this many seconds.", optional=True, span=True
+    )
+    retry_on: Collection[Outcome | str] = outcomes(
+        DEFAULT_RETRY_ON, DEFAULT_RETRY_ON, "{} outcomes are never retried", "Outcomes retried."
+    )
+    max_reasks: int | None = integer(
+        None, 0, 10_000_000, "At most this many re-asks after wrong answers.", optional=True
+    )
+    classifier: Classifier | None = function(None, "Says a result's outcome instead of QWED's.")
+    verdict: VerdictRules | Judge | None = judged_by()
 
 
 class RetryLayer(Layer):
     """The retry loop's parameters; `around` runs one call through it."""
 
     kind = "retry"
+    options_type = RetryOptions
+    __signature__ = layer_signature(RetryOptions)
 
-    def __init__(
-        self,
-        *,
-        max_tries: int = 3,
-        base: float = 1.0,
-        factor: float = 2.0,
-        max_delay: float = 60.0,
-        jitter: str | Jitter | None = "full",
-        max_time: float | None = None,
-        retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
-        max_reasks: int | None = None,
-        classifier: Classifier | None = None,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        if isinstance(max_tries, bool) or not isinstance(max_tries, int):
-            raise bad_parameter(
-                "max_tries", f"must be an int, got {type(max_tries).__name__}", wrong_type=True
-            )
-        if max_tries < 1:
-            raise bad_parameter("max_tries", f"must be >= 1, got {max_tries}")
-        if max_tries > MAX_TRIES_LIMIT:
-            raise bad_parameter("max_tries", f"must be <= {MAX_TRIES_LIMIT}, got {max_tries}")
-        for name, value in (("base", base), ("factor", factor), ("max_delay", max_delay)):
-            _non_negative(name, value)
-        if factor < 1:
-            raise bad_parameter("factor", f"must be >= 1, got {factor}")
-        _non_negative("max_time", max_time)
-        if max_reasks is not None:
-            if isinstance(max_reasks, bool) or not isinstance(max_reasks, int):
-                raise bad_parameter(
-                    "max_reasks",
-                    f"must be an int, got {type(max_reasks).__name__}",
-                    wrong_type=True,
-                )
-            if max_reasks < 0:
-                raise bad_parameter("max_reasks", f"must be >= 0, got {max_reasks}")
-        if jitter == "none":  # TOML has no null: a policy file spells "no jitter" this way
-            jitter = None
-        if isinstance(jitter, str):
-            if jitter not in _JITTERS:
-                raise bad_parameter(
-                    "jitter", f"must be one of {sorted(_JITTERS)}, a callable or None"
-                )
-            jitter_fn: Jitter | None = _JITTERS[jitter]
-        elif jitter is None or callable(jitter):
-            jitter_fn = jitter
-        else:
-            raise bad_parameter(
-                "jitter", f"must be a name, a callable or None, got {jitter!r}", wrong_type=True
-            )
-        if classifier is not None and not callable(classifier):
-            raise bad_parameter("classifier", "must be callable", wrong_type=True)
-        self.max_tries = max_tries
-        self.base = float(base)
-        self.factor = float(factor)
-        self.max_delay = float(max_delay)
+    def __init__(self, options: RetryOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(RetryOptions, options, params)
+        jitter = None if o.jitter == "none" else o.jitter  # TOML has no null: "none" is None
+        self.max_tries = o.max_tries
+        self.base = float(o.base)
+        self.factor = float(o.factor)
+        self.max_delay = float(o.max_delay)
         self.jitter = jitter
-        self._jitter = jitter_fn
-        self.max_time = max_time
-        self.retry_on = _parse_retry_on(retry_on)
-        self.max_reasks = max_reasks
-        self.classifier = classifier
-        self.verdict = as_rules(verdict)
+        self._jitter = _JITTERS[jitter] if isinstance(jitter, str) else jitter
+        self.max_time = o.max_time
+        retry_on = [o.retry_on] if isinstance(o.retry_on, str) else o.retry_on
+        self.retry_on = frozenset(Outcome(item) for item in retry_on)
+        self.max_reasks = o.max_reasks
+        self.classifier = o.classifier
+        self.verdict = as_rules(o.verdict)
 
     def describe(self) -> str:
         schedule = ", ".join(f"{w:g} s" for w in self.schedule())
@@ -269,27 +216,8 @@ class _Run:
         self.waits: Generator[float, None, None] | None = None
 
 
-@overload
-def retry(fn: F, /) -> F: ...
-
-
-@overload
-def retry(
-    *,
-    max_tries: int = 3,
-    base: float = 1.0,
-    factor: float = 2.0,
-    max_delay: float = 60.0,
-    jitter: str | Jitter | None = "full",
-    max_time: float | None = None,
-    retry_on: Collection[Outcome | str] = DEFAULT_RETRY_ON,
-    max_reasks: int | None = None,
-    classifier: Classifier | None = None,
-    verdict: VerdictRules | Judge | None = None,
-) -> Callable[[F], F]: ...
-
-
-def retry(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+@layer_decorator(RetryOptions, RetryLayer)
+def retry() -> None:
     """Retry a verification with exponential backoff until it is verified.
 
     Waits `base * factor ** n` seconds (1 s, 2 s, 4 s by default), jittered (`"full"`) unless
@@ -298,12 +226,5 @@ def retry(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
     retried (`retry_on`; `max_reasks` caps the re-asks); permanent ones and refusals by a
     deterministic check never. `verdict` sets how results are judged (see `VerdictRules`).
     When it gives up it raises `VerificationFailed` with every attempt.
+    The parameters, their bounds and docs are `RetryOptions`'s fields.
     """
-    layer = RetryLayer(**params)
-    if fn is not None:
-        return guard(fn, layer)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate

@@ -19,16 +19,25 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import MISSING, dataclass, field
+from typing import Any
 
 from qwed_guard.context import CallContext
 from qwed_guard.errors import QwedGuardError, bad_parameter
-from qwed_guard.layer import CallOutcome, Layer, end_attempt, guard, outcome_of
+from qwed_guard.layer import CallOutcome, Layer, end_attempt, outcome_of
+from qwed_guard.options import (
+    Options,
+    applies,
+    decorator,
+    describe,
+    layer_signature,
+    number,
+    options_from,
+    required,
+)
 from qwed_guard.outcomes import Diagnosis, Outcome
 
-__all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "attempt_timeout"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["AttemptTimeout", "AttemptTimeoutLayer", "TimeoutOptions", "attempt_timeout"]
 
 
 class AttemptTimeout(QwedGuardError, TimeoutError):
@@ -42,25 +51,32 @@ class AttemptTimeout(QwedGuardError, TimeoutError):
         super().__init__(self.error)
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutOptions(Options):
+    """`@attempt_timeout`'s parameters (see `attempt_timeout`)."""
+
+    # Longer waits overflow asyncio's timers.
+    seconds: float = field(
+        metadata=required(number(MISSING, 0, 86400, "Seconds one attempt may take.", above=True))
+    )
+
+
 class AttemptTimeoutLayer(Layer):
     """Cancels an attempt that runs longer than `seconds`."""
 
     kind = "attempt_timeout"
+    options_type = TimeoutOptions
+    __signature__ = layer_signature(TimeoutOptions)
 
-    def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise bad_parameter(
-                "seconds", f"must be a number, got {type(seconds).__name__}", wrong_type=True
-            )
-        if not seconds > 0:
-            raise bad_parameter("seconds", f"must be > 0, got {seconds}")
-        if not seconds <= 86400:  # NaN too; longer waits overflow asyncio's timers
-            raise bad_parameter("seconds", f"must be at most 86400, got {seconds}")
-        self.seconds = float(seconds)
+    def __init__(self, options: TimeoutOptions | float | None = None, /, **params: Any) -> None:
+        if not isinstance(options, TimeoutOptions | None):
+            options = TimeoutOptions(options)
+        self.options = options_from(TimeoutOptions, options, params)
+        self.seconds = float(self.options.seconds)
         self.bound = self.seconds
 
     def describe(self) -> str:
-        return f"attempt_timeout(seconds={self.seconds:g})"
+        return describe(self.kind, self.options)
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> AttemptTimeoutLayer:
         if not inspect.iscoroutinefunction(fn):
@@ -79,16 +95,12 @@ class AttemptTimeoutLayer(Layer):
         return outcome_of(error)
 
 
-def attempt_timeout(seconds: float) -> Callable[[F], F]:
+@decorator(TimeoutOptions, applies(AttemptTimeoutLayer))
+def attempt_timeout() -> None:
     """Cancel an `async def` attempt after `seconds`; it counts as a transient failure.
 
     Put it innermost (below `@retry` and `@circuit_breaker`) so each attempt gets its own
     bound and the breaker counts timeouts. Sync functions are refused at decoration: give
     their HTTP client the timeout instead (`guarded_client(..., timeout=seconds)`).
+    The parameters, their bounds and docs are `TimeoutOptions`'s fields.
     """
-    layer = AttemptTimeoutLayer(seconds)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate

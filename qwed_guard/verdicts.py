@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 from qwed_guard import clock
 from qwed_guard.errors import bad_parameter
+from qwed_guard.options import STRING, Why, check, choice, data, declared, flag, function
 from qwed_guard.outcomes import (
     Classifier,
     Diagnosis,
@@ -698,6 +699,29 @@ def _check_attestations(result: Any, jwks: Mapping[str, Any]) -> Diagnosis | Non
 # ------------------------------------------------------------------------------- the rules
 
 
+_JWKS = {"anyOf": [{"type": "string", "pattern": "^https?://"}, {"type": "object"}]}
+
+
+def _is_flag_or_unset(value: Any) -> Why:
+    return (
+        None if isinstance(value, bool) else (f"must be true, false or unset, got {value!r}", False)
+    )
+
+
+def _is_jwks(value: Any) -> Why:
+    usable = (
+        isinstance(value, Mapping)
+        or (isinstance(value, str) and value.startswith(("http://", "https://")))
+        or callable(getattr(value, "get_jwks", None))
+    )
+    why = "must be the QWED server's URL, a JWKS URL, a JWKS object or a client"
+    return None if usable else (why, False)
+
+
+def _is_method(value: Any) -> Why:
+    return None if isinstance(value, str) else ("must be a method name", True)
+
+
 @dataclass(frozen=True, slots=True)
 class VerdictRules:
     """How a stack judges results: `verdict=` on any decorator, or a policy's `verdict` table.
@@ -713,41 +737,25 @@ class VerdictRules:
       against `jwks` (the server's base URL, a JWKS URL, or a JWKS object) and signs ADMIT.
     """
 
-    judge: Judge | None = None
-    plain: PlainRule = "pass"
-    deterministic: bool | None = None
-    require_attestation: bool = False
-    jwks: Any = None
-    method: str | None = None
+    judge: Judge | None = function(None, "Judges a result instead of the verdict table.")
+    plain: PlainRule = choice("pass", ("pass", "fail"), "A plain value passes, or fails.")
+    deterministic: bool | None = data(
+        None,
+        "The call is a rule-based check (true) or asks an LLM (false).",
+        {"type": "boolean"},
+        test=_is_flag_or_unset,
+    )
+    require_attestation: bool = flag(False, "A verified answer must carry a QWED attestation.")
+    jwks: Any = data(
+        None, "The attestation keys: the server's URL, a JWKS URL or object.", _JWKS, test=_is_jwks
+    )
+    method: str | None = data(None, "The QWED method the call runs.", STRING, test=_is_method)
     """The QWED method the call runs, when `guard_client` knows it."""
     _keys: _Keys | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.judge is not None and not callable(self.judge):
-            raise bad_parameter("judge", "must be callable", wrong_type=True)
-        if self.plain not in ("pass", "fail"):
-            raise bad_parameter("plain", f"must be 'pass' or 'fail', got {self.plain!r}")
-        for name in ("deterministic",):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise bad_parameter(name, f"must be true, false or unset, got {value!r}")
-        if not isinstance(self.require_attestation, bool):
-            raise bad_parameter(
-                "require_attestation", f"must be true or false, got {self.require_attestation!r}"
-            )
+        check(VerdictRules, {name: getattr(self, name) for name in declared(VerdictRules)})
         jwks = self.jwks
-        usable = (
-            jwks is None
-            or isinstance(jwks, Mapping)
-            or (isinstance(jwks, str) and jwks.startswith(("http://", "https://")))
-            or callable(getattr(jwks, "get_jwks", None))
-        )
-        if not usable:
-            raise bad_parameter(
-                "jwks", "must be the QWED server's URL, a JWKS URL, a JWKS object or a client"
-            )
-        if self.method is not None and not isinstance(self.method, str):
-            raise bad_parameter("method", "must be a method name", wrong_type=True)
         object.__setattr__(self, "_keys", _Keys(jwks) if jwks is not None else None)
 
     def describe(self) -> str:

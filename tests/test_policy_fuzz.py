@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from qwed_guard.errors import PolicyError
 from qwed_guard.policy import CANONICAL_ORDER, Policy
-from qwed_guard.policy._core import _layer_class
+from qwed_guard.policy._core import layer_class
 
 SECTIONS = CANONICAL_ORDER
 PARAMETERS = sorted(
-    {name for section in SECTIONS for name in inspect.signature(_layer_class(section)).parameters}
+    {name for section in SECTIONS for name in inspect.signature(layer_class(section)).parameters}
 )
 # Values a real policy uses, so fuzzing also reaches valid policies, not only errors.
 PLAUSIBLE = st.sampled_from(

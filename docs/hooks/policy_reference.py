@@ -1,21 +1,23 @@
-"""mkdocs hook: renders the policy reference from the layers' own declarations.
+"""mkdocs hook: renders the policy reference from the options declarations.
 
 A page that contains `<!-- policy-reference -->` gets, in its place, one table per policy
-section, in the canonical order: every key the section accepts, its type and its default, read
-from the layer's constructor the way `Policy` itself reads it. A key added to a layer appears
-here without editing the docs, and a rename cannot leave a stale name behind.
+section, in the canonical order: every key the section accepts, its type, its default and its
+one-line doc, read from the declaration `Policy` checks a section against (the same one the
+decorator, the layer and the JSON Schema read). A key added to a pattern appears here without
+editing the docs, and a rename cannot leave a stale name behind.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import orjson
 
+from qwed_guard.options import declared, has_default, spec_of
+
 # The policy module's own view of its sections: the same lookups Policy.from_dict makes.
-from qwed_guard.policy._core import _default_data, _layer_class, _signature
-from qwed_guard.policy._sections import CANONICAL_ORDER, OPTIONS, SECTIONS, UNSET
+from qwed_guard.policy._core import declaration, default_data, layer_class
+from qwed_guard.policy._sections import CANONICAL_ORDER, OPTIONS, UNSET, VERDICT
 
 MARKER = "<!-- policy-reference -->"
 # The decorator each section configures (the API reference documents its meaning).
@@ -30,37 +32,32 @@ DECORATORS = {
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _default(parameter: inspect.Parameter) -> str:
-    if parameter.default is inspect.Parameter.empty:
-        return "required"
-    value = _default_data(parameter)
-    if value is UNSET:
-        return "(not set)"
-    return f"`{_cell(orjson.dumps(value).decode())}`"
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _section(name: str) -> list[str]:
-    cls = _layer_class(name)
-    parameters, open_ended = _signature(cls)
-    callables = SECTIONS[name].callables
+    if name == VERDICT:
+        what = "How the whole stack judges results: `VerdictRules`, see [Verdicts](verdicts.md)."
+    else:
+        what = f"Configures [`{name}`][{DECORATORS[name]}]."
     lines = [
         f"### `{name}`",
         "",
-        f"Configures [`{DECORATORS[name].rsplit('.', 1)[1]}`][{DECORATORS[name]}].",
+        what,
         "",
-        "| key | type | default |",
-        "| --- | --- | --- |",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
     ]
-    for key, parameter in parameters.items():
-        annotation = parameter.annotation
-        kind = "" if annotation is inspect.Parameter.empty else str(annotation)
-        note = " (or `module:function`)" if key in callables else ""
-        lines.append(f"| `{key}` | `{_cell(kind)}`{note} | {_default(parameter)} |")
-    if open_ended:
-        lines += ["", "Other keys are passed on to the layer as they are."]
+    for key, option in declared(declaration(layer_class(name))).items():
+        spec = spec_of(option)
+        kind = _cell(str(option.type))
+        note = " (or `module:function`)" if spec.importable else ""
+        if not has_default(option):
+            default = "required"
+        else:
+            data = default_data(option)
+            default = "(not set)" if data is UNSET else f"`{_cell(orjson.dumps(data).decode())}`"
+        lines.append(f"| `{key}` | `{kind}`{note} | {default} | {_cell(spec.doc)} |")
     return [*lines, ""]
 
 
@@ -70,7 +67,7 @@ def render() -> str:
         "Top-level options besides the sections: " + ", ".join(f"`{o}`" for o in OPTIONS) + ".",
         "",
     ]
-    for name in CANONICAL_ORDER:
+    for name in (*CANONICAL_ORDER, VERDICT):
         lines += _section(name)
     return "\n".join(lines)
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar, overload
+from typing import Any, TypedDict
 
 from qwed_guard import clock
 from qwed_guard.alerts.channels import Channel, build_channels
@@ -22,15 +21,37 @@ from qwed_guard.alerts.delivery import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_DELAYS,
 from qwed_guard.alerts.record import AlertHistory, AlertKind, Reason, rfc3339
 from qwed_guard.alerts.send import alert_failed, raise_alert
 from qwed_guard.context import CallContext
-from qwed_guard.errors import bad_parameter, int_parameter
-from qwed_guard.layer import CallOutcome, Layer, guard
+from qwed_guard.errors import MAX_COUNT, bad_parameter
+from qwed_guard.layer import CallOutcome, Layer
+from qwed_guard.options import (
+    CHANNELS,
+    STRING,
+    Options,
+    Problem,
+    data,
+    flag,
+    integer,
+    judged_by,
+    layer_decorator,
+    layer_signature,
+    number,
+    options_from,
+    seconds_list,
+    text,
+)
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
-__all__ = ["DEFAULT_STORE", "AlertLayer", "Decision", "Rules", "alert_on_failures", "decide"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = [
+    "DEFAULT_STORE",
+    "AlertLayer",
+    "AlertOptions",
+    "Decision",
+    "Rules",
+    "alert_on_failures",
+    "decide",
+]
 
 DEFAULT_STORE = MemoryStore()
 """The store behind `state=None` / `"memory:"`: one per process, so `key=` groups functions."""
@@ -202,30 +223,13 @@ def _message(
     return f"{key}: {what} ({last})"
 
 
+Notify = Any
+"""`notify` items: "log", a callable, "module:function", a Channel, {"slack": {...}}, ..."""
+
 MAX_SECONDS = 366 * 86400.0
 """The longest wait any alerting option may name (a year): beyond it timers overflow."""
 MAX_DELIVERY_SECONDS = 3600.0
 """The longest a channel timeout or a delivery retry delay may be."""
-
-
-def _number(
-    name: str, value: Any, *, allow_none: bool = False, maximum: float = MAX_SECONDS
-) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad_parameter(name, f"must be a number, got {type(value).__name__}", wrong_type=True)
-    if not math.isfinite(value) or value < 0:
-        raise bad_parameter(name, f"must be >= 0, got {value}")
-    if value > maximum:
-        raise bad_parameter(name, f"must be at most {maximum:g} seconds, got {value:g}")
-    return float(value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise bad_parameter(name, f"must be true or false, got {value!r}", wrong_type=True)
-    return value
 
 
 def _store(state: str | StateStore | None) -> StateStore:
@@ -238,76 +242,91 @@ def _store(state: str | StateStore | None) -> StateStore:
         raise bad_parameter("state", problem, wrong_type=isinstance(exc, TypeError)) from None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertOptions(Options):
+    """`@alert_on_failures`' parameters (see `alert_on_failures`)."""
+
+    threshold: int = integer(5, 1, MAX_COUNT, "Failed calls in a row that alert.")
+    notify: Notify = data(("log",), "Where alerts go.", CHANNELS, importable=True)
+    repeat_interval: float | None = number(
+        DEFAULT_REPEAT_INTERVAL,
+        0,
+        MAX_SECONDS,
+        "Seconds between reminders while failing; null: none.",
+        optional=True,
+    )
+    key: str | None = text(None, "Names the alert; functions with one key share a count.")
+    resolve: bool = flag(True, "Send a resolved alert at recovery.")
+    alert_on_permanent: bool = flag(True, "A permanent failure alerts at once.")
+    rate_threshold: float | None = number(
+        None,
+        0,
+        1,
+        "Also alert when this share of recent calls failed.",
+        above=True,
+        optional=True,
+        span="in (0, 1]",
+    )
+    rate_window: int | None = integer(
+        None, 1, MAX_COUNT, "Recent calls the rate is computed over (20).", optional=True
+    )
+    min_calls: int | None = integer(
+        None, 1, MAX_COUNT, "Calls seen before the rate applies (rate_window).", optional=True
+    )
+    state: str | StateStore | None = data(None, "Where counts live (a store URL).", STRING)
+    history_size: int = integer(100, 1, MAX_COUNT, "Alerts kept in fn.alerts.")
+    timeout: float = number(
+        DEFAULT_TIMEOUT, 0, MAX_DELIVERY_SECONDS, "Seconds per delivery request.", above=True
+    )
+    retry_delays: Sequence[float] = seconds_list(
+        DEFAULT_RETRY_DELAYS, MAX_DELIVERY_SECONDS, 20, "Waits before redelivering an alert."
+    )
+    queue_size: int = integer(DEFAULT_QUEUE_SIZE, 1, MAX_COUNT, "Alerts queued per channel.")
+    verdict: VerdictRules | Judge | None = judged_by()
+
+    @classmethod
+    def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
+        window, least = values["rate_window"], values["min_calls"]
+        if values["rate_threshold"] is None:
+            if window is not None or least is not None:
+                name = "rate_window" if window is not None else "min_calls"
+                yield Problem(name, "needs rate_threshold (the failure share that alerts)")
+            return
+        window = DEFAULT_RATE_WINDOW if window is None else window
+        least = window if least is None else least
+        if least > window:
+            yield Problem("min_calls", f"must be <= rate_window ({window}), got {least}")
+
+
 class AlertLayer(Layer):
     """Counts failed calls per key and notifies channels; see `alert_on_failures`."""
 
     kind = "alert_on_failures"
+    options_type = AlertOptions
+    __signature__ = layer_signature(AlertOptions)
 
-    def __init__(
-        self,
-        *,
-        threshold: int = 5,
-        notify: Any = ("log",),
-        repeat_interval: float | None = DEFAULT_REPEAT_INTERVAL,
-        key: str | None = None,
-        resolve: bool = True,
-        alert_on_permanent: bool = True,
-        rate_threshold: float | None = None,
-        rate_window: int | None = None,
-        min_calls: int | None = None,
-        state: str | StateStore | None = None,
-        history_size: int = 100,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        self.verdict = as_rules(verdict)
-        threshold = int_parameter("threshold", threshold, 1)
-        repeat = _number("repeat_interval", repeat_interval, allow_none=True)
-        if key is not None and (not isinstance(key, str) or not key.strip()):
-            raise bad_parameter("key", "must be a non-empty string")
-        if rate_threshold is not None:
-            rate = _number("rate_threshold", rate_threshold)
-            assert rate is not None
-            if not 0 < rate <= 1:
-                raise bad_parameter("rate_threshold", f"must be in (0, 1], got {rate_threshold}")
-            window = int_parameter(
-                "rate_window", DEFAULT_RATE_WINDOW if rate_window is None else rate_window, 1
-            )
-            least = int_parameter("min_calls", window if min_calls is None else min_calls, 1)
-            if least > window:
-                raise bad_parameter("min_calls", f"must be <= rate_window ({window}), got {least}")
-        else:
-            if rate_window is not None or min_calls is not None:
-                name = "rate_window" if rate_window is not None else "min_calls"
-                raise bad_parameter(name, "needs rate_threshold (the failure share that alerts)")
-            rate, window, least = None, DEFAULT_RATE_WINDOW, DEFAULT_RATE_WINDOW
-        channel_timeout = _number("timeout", timeout, maximum=MAX_DELIVERY_SECONDS)
-        if not channel_timeout:
-            raise bad_parameter("timeout", "must be > 0")
-        if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
-            raise bad_parameter("retry_delays", "must be a list of seconds", wrong_type=True)
-        if len(retry_delays) > 20:
-            raise bad_parameter("retry_delays", f"at most 20 delays, got {len(retry_delays)}")
-        delays = tuple(
-            _number("retry_delays", d, maximum=MAX_DELIVERY_SECONDS) or 0.0 for d in retry_delays
-        )
+    def __init__(self, options: AlertOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(AlertOptions, options, params)
+        self.verdict = as_rules(o.verdict)
+        rate = None if o.rate_threshold is None else float(o.rate_threshold)
+        window = DEFAULT_RATE_WINDOW if o.rate_window is None else o.rate_window
         self.rules = Rules(
-            threshold=threshold,
-            repeat_interval=repeat,
-            resolve=_flag("resolve", resolve),
-            alert_on_permanent=_flag("alert_on_permanent", alert_on_permanent),
+            threshold=o.threshold,
+            repeat_interval=None if o.repeat_interval is None else float(o.repeat_interval),
+            resolve=o.resolve,
+            alert_on_permanent=o.alert_on_permanent,
             rate_threshold=rate,
             rate_window=window,
-            min_calls=least,
+            min_calls=window if o.min_calls is None or rate is None else o.min_calls,
         )
-        self.key = key
-        self.store = _store(state)
-        self.channels: list[Channel] = build_channels(notify, channel_timeout)
-        size = int_parameter("queue_size", queue_size, 1)
-        self.workers = [Worker(c, retry_delays=delays, queue_size=size) for c in self.channels]
-        self.history = AlertHistory(int_parameter("history_size", history_size, 1))
+        self.key = o.key
+        self.store = _store(o.state)
+        self.channels: list[Channel] = build_channels(o.notify, float(o.timeout))
+        delays = tuple(float(d) for d in o.retry_delays)
+        self.workers = [
+            Worker(c, retry_delays=delays, queue_size=o.queue_size) for c in self.channels
+        ]
+        self.history = AlertHistory(o.history_size)
         """This function's alerts, most recent last (what `fn.alerts` returns)."""
 
     # ------------------------------------------------------------------ binding
@@ -417,36 +436,8 @@ class AlertLayer(Layer):
         )
 
 
-Notify = Any
-"""`notify` items: "log", a callable, "module:function", a Channel, {"slack": {...}}, ..."""
-
-
-@overload
-def alert_on_failures(fn: F, /) -> F: ...
-
-
-@overload
-def alert_on_failures(
-    *,
-    threshold: int = 5,
-    notify: Notify = ("log",),
-    repeat_interval: float | None = DEFAULT_REPEAT_INTERVAL,
-    key: str | None = None,
-    resolve: bool = True,
-    alert_on_permanent: bool = True,
-    rate_threshold: float | None = None,
-    rate_window: int | None = None,
-    min_calls: int | None = None,
-    state: str | StateStore | None = None,
-    history_size: int = 100,
-    timeout: float = DEFAULT_TIMEOUT,
-    retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    verdict: VerdictRules | Judge | None = None,
-) -> Callable[[F], F]: ...
-
-
-def alert_on_failures(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+@layer_decorator(AlertOptions, AlertLayer)
+def alert_on_failures() -> None:
     """Alert once when `threshold` calls in a row fail, remind while it lasts, say when it ends.
 
     A call fails when its outcome is not verified (after any `@retry` inside) or it raises.
@@ -462,12 +453,5 @@ def alert_on_failures(fn: Callable[..., Any] | None = None, /, **params: Any) ->
     sharing a key share one count. `state` is where counts live (`"memory:"` by default).
     Alerts go to `notify` on background threads (`timeout` per request, retried after
     `retry_delays`); results and exceptions pass through unchanged. `fn.alerts` is the history.
+    The parameters, their bounds and docs are `AlertOptions`'s fields.
     """
-    layer = AlertLayer(**params)
-    if fn is not None:
-        return guard(fn, layer)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate

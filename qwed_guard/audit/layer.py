@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Literal, cast
 
 from qwed_guard import clock
 from qwed_guard.audit.chain import Key, key_from_env, redact_mac
@@ -31,7 +32,13 @@ from qwed_guard.audit.record import (
     versions,
 )
 from qwed_guard.audit.sinks import FsyncMode, Sink, sink_from_url
-from qwed_guard.audit.sinks.base import BuildingSink, check_options
+from qwed_guard.audit.sinks.base import (
+    FSYNC_MODES,
+    MAX_BATCH_MS,
+    MAX_BATCH_SIZE,
+    MAX_CHECKPOINT_EVERY,
+    BuildingSink,
+)
 from qwed_guard.context import CallContext
 from qwed_guard.errors import AuditError, bad_parameter
 from qwed_guard.fallback import GuardedResult
@@ -45,13 +52,25 @@ from qwed_guard.hooks import (
     GaveUp,
     RetryScheduled,
 )
-from qwed_guard.layer import Layer, guard
+from qwed_guard.layer import Layer
+from qwed_guard.options import (
+    STRING,
+    Options,
+    Problem,
+    choice,
+    data,
+    integer,
+    judged_by,
+    layer_decorator,
+    layer_signature,
+    number,
+    options_from,
+    text,
+)
 from qwed_guard.outcomes import ANSWERED, Outcome
 from qwed_guard.verdicts import Judge, VerdictRules, answer_of, as_rules, attestation_summary
 
-__all__ = ["AuditLayer", "audited"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["AuditLayer", "AuditOptions", "audited"]
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
 _SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
@@ -412,96 +431,129 @@ class _Copied:
         return self.text
 
 
+def _is_keys(value: Any) -> tuple[str, bool] | None:
+    if isinstance(value, str) or not isinstance(value, Collection):
+        return "must be a list of context keys", True
+    return None
+
+
+def _is_mapping(value: Any) -> tuple[str, bool] | None:
+    if not isinstance(value, Mapping):
+        return f"must be a mapping, got {type(value).__name__}", True
+    return None
+
+
+def _is_argument(value: Any) -> tuple[str, bool] | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return "must be a parameter name or position", True
+    return None
+
+
+_SINKS = {"anyOf": [STRING, {"type": "array", "items": STRING}]}
+_YEAR = 366 * 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditOptions(Options):
+    """`@audited`'s parameters (see `audited`)."""
+
+    sink: str | Sink | list[str | Sink] | None = data(
+        "jsonl:audit.jsonl", "Where records go: jsonl:PATH, sqlite:PATH, memory:, ...", _SINKS
+    )
+    fsync: FsyncMode = choice("always", FSYNC_MODES, "When records reach the disk.")
+    redact: Literal["none", "hmac"] | Redactor = choice(
+        "none", ("none", "hmac"), "hmac stores queries as keyed hashes.", callable=True
+    )
+    redact_key_env: str | None = text(None, "The variable holding redact's HMAC key.")
+    redact_context: Collection[str] | None = data(
+        None, "Context keys redacted (all).", {"type": "array", "items": STRING}, test=_is_keys
+    )
+    key_env: str | None = text(None, "The variable holding the key that signs records.")
+    checkpoint_every: int = integer(1000, 1, MAX_CHECKPOINT_EVERY, "Records between checkpoints.")
+    context: Mapping[str, Any] | None = data(
+        None, "Fields every record carries.", {"type": "object"}, test=_is_mapping
+    )
+    query_arg: str | int | None = data(
+        None,
+        "The query's parameter (name or position).",
+        {"anyOf": [STRING, {"type": "integer", "minimum": 0}]},
+        test=_is_argument,
+    )
+    on_error: Literal["raise", "log"] = choice(
+        "raise", ("raise", "log"), "A record that cannot be written fails the call, or is logged."
+    )
+    batch_size: int = integer(256, 1, MAX_BATCH_SIZE, "Records per group commit (fsync=batch).")
+    batch_ms: float = number(
+        50.0, 0, MAX_BATCH_MS, "Milliseconds per group commit.", above=True, span=True
+    )
+    rotate_bytes: int | None = integer(
+        None, 1, 2**50, "Start a new file past this size.", optional=True
+    )
+    rotate_seconds: float | None = number(
+        None,
+        0,
+        10 * _YEAR,
+        "Start a new file after this long.",
+        above=True,
+        optional=True,
+        span=True,
+    )
+    keep_files: int | None = integer(None, 1, 1_000_000, "Rotated files kept.", optional=True)
+    keep_days: float | None = number(
+        None, 0, 100 * 366.0, "Days rotated files are kept.", above=True, optional=True, span=True
+    )
+    anchor: str | None = text(None, "A file, out of the trail's reach, that gets checkpoints.")
+    verdict: VerdictRules | Judge | None = judged_by()
+
+    @classmethod
+    def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
+        if values["redact"] == "hmac" and not values["redact_key_env"]:
+            yield Problem(
+                "redact_key_env",
+                "redact='hmac' needs the name of an environment variable holding the key",
+            )
+
+
 class AuditLayer(Layer):
-    """The audit trail's parameters and sink; `around` records one call."""
+    """The audit trail's parameters and sink: a hook that records each call."""
 
     kind = "audited"
+    options_type = AuditOptions
+    __signature__ = layer_signature(AuditOptions)
 
-    def __init__(
-        self,
-        *,
-        sink: str | Sink | list[str | Sink] | None = "jsonl:audit.jsonl",
-        fsync: FsyncMode = "always",
-        redact: Literal["none", "hmac"] | Redactor = "none",
-        redact_key_env: str | None = None,
-        redact_context: Collection[str] | None = None,
-        key_env: str | None = None,
-        checkpoint_every: int = 1000,
-        context: Mapping[str, Any] | None = None,
-        query_arg: str | int | None = None,
-        on_error: Literal["raise", "log"] = "raise",
-        batch_size: int = 256,
-        batch_ms: float = 50.0,
-        rotate_bytes: int | None = None,
-        rotate_seconds: float | None = None,
-        keep_files: int | None = None,
-        keep_days: float | None = None,
-        anchor: str | None = None,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        self.verdict = as_rules(verdict)
-        if on_error not in ("raise", "log"):
-            raise bad_parameter("on_error", f"must be 'raise' or 'log', got {on_error!r}")
-        if context is not None and not isinstance(context, Mapping):
-            raise bad_parameter(
-                "context", f"must be a mapping, got {type(context).__name__}", wrong_type=True
-            )
-        if query_arg is not None and (
-            isinstance(query_arg, bool) or not isinstance(query_arg, (str, int))
-        ):
-            raise bad_parameter(
-                "query_arg", "must be a parameter name or position", wrong_type=True
-            )
+    def __init__(self, options: AuditOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(AuditOptions, options, params)
+        self.verdict = as_rules(o.verdict)
+        redact, context = o.redact, o.context
         self.redact_key: Key | None = None
         self.redactor: Redactor | None = None
         if redact == "hmac":
-            if not redact_key_env:
-                raise bad_parameter(
-                    "redact_key_env",
-                    "redact='hmac' needs the name of an environment variable holding the key",
-                )
-            self.redact_key = _key(redact_key_env, "redact_key_env")
+            self.redact_key = _key(o.redact_key_env, "redact_key_env")
         elif callable(redact):
             self.redactor = redact
-        elif redact != "none":
-            raise bad_parameter("redact", f"must be 'none', 'hmac' or a callable, got {redact!r}")
-        if redact_context is not None and (
-            isinstance(redact_context, str) or not isinstance(redact_context, Collection)
-        ):
-            raise bad_parameter("redact_context", "must be a list of context keys")
-        # Checked here too: a memory: or custom sink would not check them itself.
-        check_options(
-            batch_size=batch_size,
-            batch_ms=batch_ms,
-            checkpoint_every=checkpoint_every,
-            rotate_bytes=rotate_bytes,
-            rotate_seconds=rotate_seconds,
-            keep_files=keep_files,
-            keep_days=keep_days,
-        )
-        self.checkpoint_key = _key(key_env, "key_env") if key_env else None
+        self.checkpoint_key = _key(o.key_env, "key_env") if o.key_env else None
         self.redact = redact
-        self.redact_context = frozenset(redact_context) if redact_context is not None else None
-        self.fsync = fsync
-        self.anchor = anchor
-        self.on_error = on_error
-        self.query_arg = query_arg
+        self.redact_context = None if o.redact_context is None else frozenset(o.redact_context)
+        self.fsync = o.fsync
+        self.anchor = o.anchor
+        self.on_error = o.on_error
+        self.query_arg = o.query_arg
         self.context: dict[str, Any] = jsonable(dict(context)) if context else {}
         self.sink: Sink = sink_from_url(
-            sink,
-            fsync=fsync,
+            o.sink,
+            fsync=o.fsync,
             key=self.checkpoint_key,
-            batch_size=batch_size,
-            batch_ms=batch_ms,
-            checkpoint_every=checkpoint_every,
-            rotate_bytes=rotate_bytes,
-            rotate_seconds=rotate_seconds,
-            keep_files=keep_files,
-            keep_days=keep_days,
-            anchor=anchor,
+            batch_size=o.batch_size,
+            batch_ms=o.batch_ms,
+            checkpoint_every=o.checkpoint_every,
+            rotate_bytes=o.rotate_bytes,
+            rotate_seconds=o.rotate_seconds,
+            keep_files=o.keep_files,
+            keep_days=o.keep_days,
+            anchor=o.anchor,
         )
         self._function = "?"
-        self._query = _QueryLocator(None, query_arg)
+        self._query = _QueryLocator(None, o.query_arg)
         self.hooks = (self._watch,)
         # A sink that builds records where it seals them gets the builders (no redactor can
         # then run on the caller's side, where its failure fails only its call).
@@ -604,35 +656,8 @@ def _key(env: str | None, param: str) -> Key:
         raise bad_parameter(param, f"environment variable {env}: {exc}") from None
 
 
-@overload
-def audited(fn: F, /) -> F: ...
-
-
-@overload
-def audited(
-    *,
-    sink: str | Sink | list[str | Sink] | None = "jsonl:audit.jsonl",
-    fsync: FsyncMode = "always",
-    redact: Literal["none", "hmac"] | Redactor = "none",
-    redact_key_env: str | None = None,
-    redact_context: Collection[str] | None = None,
-    key_env: str | None = None,
-    checkpoint_every: int = 1000,
-    context: Mapping[str, Any] | None = None,
-    query_arg: str | int | None = None,
-    on_error: Literal["raise", "log"] = "raise",
-    batch_size: int = 256,
-    batch_ms: float = 50.0,
-    rotate_bytes: int | None = None,
-    rotate_seconds: float | None = None,
-    keep_files: int | None = None,
-    keep_days: float | None = None,
-    anchor: str | None = None,
-    verdict: VerdictRules | Judge | None = None,
-) -> Callable[[F], F]: ...
-
-
-def audited(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+@layer_decorator(AuditOptions, AuditLayer)
+def audited() -> None:
     """Record every attempt and every call in a tamper-evident, crash-safe audit trail.
 
     Put it outermost (`@audited` above `@fallback` above `@retry`). Records go to `sink`
@@ -643,12 +668,5 @@ def audited(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
     (key in `redact_key_env`) stores the query and context values as keyed hashes. If a
     record cannot be written the call raises `AuditError` (`on_error="log"` logs and returns
     instead).
+    The parameters, their bounds and docs are `AuditOptions`'s fields.
     """
-    layer = AuditLayer(**params)
-    if fn is not None:
-        return guard(fn, layer)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate

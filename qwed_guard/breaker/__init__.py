@@ -19,6 +19,7 @@ from qwed_guard.breaker.breaker import Breaker
 from qwed_guard.breaker.layer import (
     DEFAULT_FAILURE_ON,
     DEFAULT_FAILURE_THRESHOLD,
+    BreakerOptions,
     CircuitBreakerLayer,
     CircuitOpen,
     circuit_breaker,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_FAILURE_ON",
     "DEFAULT_FAILURE_THRESHOLD",
     "Breaker",
+    "BreakerOptions",
     "BreakerState",
     "CircuitBreakerLayer",
     "CircuitOpen",

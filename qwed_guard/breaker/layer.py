@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from qwed_guard import clock
 from qwed_guard.breaker.breaker import Breaker
 from qwed_guard.breaker.machine import BreakerState, Rules, Ticket
 from qwed_guard.context import CallContext
-from qwed_guard.errors import QwedGuardError, bad_parameter, int_parameter
-from qwed_guard.layer import CallOutcome, Layer, end_attempt, guard
+from qwed_guard.errors import MAX_COUNT, QwedGuardError, bad_parameter
+from qwed_guard.layer import CallOutcome, Layer, end_attempt
+from qwed_guard.options import (
+    CHANNELS,
+    STRING,
+    Options,
+    Problem,
+    data,
+    integer,
+    judged_by,
+    layer_decorator,
+    layer_signature,
+    number,
+    options_from,
+    outcomes,
+    text,
+)
 from qwed_guard.outcomes import Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
@@ -22,12 +38,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAILURE_ON",
     "DEFAULT_FAILURE_THRESHOLD",
+    "BreakerOptions",
     "CircuitBreakerLayer",
     "CircuitOpen",
     "circuit_breaker",
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_FAILURE_ON: frozenset[Outcome] = frozenset({Outcome.TRANSIENT, Outcome.PERMANENT})
 """Provider failures. Refuted and unverifiable answers are the model's fault, not an outage."""
@@ -62,113 +77,92 @@ _MAX_RECOVERY = 366 * 86400.0
 """A breaker stays open a year at most: longer waits overflow the timers that use them."""
 
 
-def _parse_failure_on(failure_on: Iterable[Outcome | str]) -> frozenset[Outcome]:
-    if isinstance(failure_on, str):
-        failure_on = [failure_on]
-    names = ", ".join(sorted(o.value for o in _COUNTABLE))
-    chosen: set[Outcome] = set()
-    for item in failure_on:
-        try:
-            outcome = Outcome(item)
-        except ValueError:
-            raise bad_parameter(
-                "failure_on", f"unknown outcome {item!r}; choose from {names}"
-            ) from None
-        if outcome not in _COUNTABLE:
-            raise bad_parameter(
-                "failure_on", f"{outcome.value} cannot count as a failure (choose from {names})"
-            )
-        chosen.add(outcome)
-    if not chosen:
-        raise bad_parameter("failure_on", "needs at least one outcome")
-    return frozenset(chosen)
+def _count(default: Any, doc: str, *, optional: bool = False) -> Any:
+    return integer(default, 1, MAX_COUNT, doc, optional=optional)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerOptions(Options):
+    """`@circuit_breaker`'s parameters (see `circuit_breaker`)."""
+
+    failure_threshold: int | None = _count(
+        None, "Failed attempts in a row that open it.", optional=True
+    )
+    recovery_timeout: float = number(
+        30.0, 0, _MAX_RECOVERY, "Seconds open before probing.", what="a number of seconds"
+    )
+    failure_rate: float | None = number(
+        None,
+        0,
+        1,
+        "Opens when this share of the window failed.",
+        above=True,
+        optional=True,
+        span="in (0, 1]",
+    )
+    window: int = _count(20, "Attempts the failure rate is computed over.")
+    min_calls: int = _count(10, "Attempts seen before the rate rule applies.")
+    half_open_probes: int = _count(1, "Probe calls let through at a time while half-open.")
+    success_threshold: int = _count(1, "Successful probes that close it.")
+    failure_on: Collection[Outcome | str] = outcomes(
+        DEFAULT_FAILURE_ON,
+        _COUNTABLE,
+        "{} cannot count as a failure",
+        "Outcomes counted as failures.",
+        nonempty=True,
+    )
+    key: str | None = text(None, "Names the state; functions with one key share a breaker.")
+    state: str | StateStore | None = data(None, "Where the state lives (a store URL).", STRING)
+    notify: Any = data(None, "Alert channels told when it opens and closes.", CHANNELS)
+    verdict: VerdictRules | Judge | None = judged_by()
+
+    @classmethod
+    def relations(cls, values: Mapping[str, Any]) -> Iterator[Problem]:
+        window, least = values["window"], values["min_calls"]
+        if values["failure_rate"] is not None and least > window:
+            yield Problem("min_calls", f"must be <= window ({window}), got {least}")
 
 
 class CircuitBreakerLayer(Layer):
     """The breaker's parameters; `bind` gives each decorated function its `Breaker`."""
 
     kind = "circuit_breaker"
+    options_type = BreakerOptions
+    __signature__ = layer_signature(BreakerOptions)
 
-    def __init__(
-        self,
-        *,
-        failure_threshold: int | None = None,
-        recovery_timeout: float = 30.0,
-        failure_rate: float | None = None,
-        window: int = 20,
-        min_calls: int = 10,
-        half_open_probes: int = 1,
-        success_threshold: int = 1,
-        failure_on: Collection[Outcome | str] = DEFAULT_FAILURE_ON,
-        key: str | None = None,
-        state: str | StateStore | None = None,
-        notify: Any = None,
-        verdict: VerdictRules | Judge | None = None,
-    ) -> None:
-        self.verdict = as_rules(verdict)
-        if failure_threshold is not None:
-            int_parameter("failure_threshold", failure_threshold)
-        for name, value in (
-            ("window", window),
-            ("min_calls", min_calls),
-            ("half_open_probes", half_open_probes),
-            ("success_threshold", success_threshold),
-        ):
-            int_parameter(name, value)
-        if failure_rate is not None:
-            if isinstance(failure_rate, bool) or not isinstance(failure_rate, (int, float)):
-                raise bad_parameter(
-                    "failure_rate",
-                    f"must be a number, got {type(failure_rate).__name__}",
-                    wrong_type=True,
-                )
-            if not 0 < failure_rate <= 1:
-                raise bad_parameter("failure_rate", f"must be in (0, 1], got {failure_rate}")
-            if min_calls > window:
-                raise bad_parameter("min_calls", f"must be <= window ({window}), got {min_calls}")
-        if failure_threshold is None and failure_rate is None:
+    def __init__(self, options: BreakerOptions | None = None, /, **params: Any) -> None:
+        o = self.options = options_from(BreakerOptions, options, params)
+        self.verdict = as_rules(o.verdict)
+        threshold = o.failure_threshold
+        if threshold is None and o.failure_rate is None:
             # No rule given: the common one. Given only a rate, only the rate: a policy file
             # (TOML has no null) must be able to ask for a rate rule without a count rule.
-            failure_threshold = DEFAULT_FAILURE_THRESHOLD
-        if isinstance(recovery_timeout, bool) or not isinstance(recovery_timeout, (int, float)):
-            raise bad_parameter(
-                "recovery_timeout",
-                f"must be a number of seconds, got {type(recovery_timeout).__name__}",
-                wrong_type=True,
-            )
-        if recovery_timeout < 0:
-            raise bad_parameter("recovery_timeout", f"must be >= 0, got {recovery_timeout}")
-        if not recovery_timeout <= _MAX_RECOVERY:  # NaN too
-            raise bad_parameter(
-                "recovery_timeout",
-                f"must be at most {_MAX_RECOVERY:g} seconds, got {recovery_timeout}",
-            )
-        if key is not None and (not isinstance(key, str) or not key):
-            raise bad_parameter("key", f"must be a non-empty string, got {key!r}", wrong_type=True)
+            threshold = DEFAULT_FAILURE_THRESHOLD
         try:
-            self._store: StateStore | None = None if state is None else store_from_url(state)
+            self._store: StateStore | None = None if o.state is None else store_from_url(o.state)
         except (TypeError, ValueError) as error:
             raise bad_parameter(
                 "state", str(error).removeprefix("state: "), wrong_type=isinstance(error, TypeError)
             ) from None
         self.rules = Rules(
-            failure_threshold,
-            None if failure_rate is None else float(failure_rate),
-            window,
-            min_calls,
-            float(recovery_timeout),
-            half_open_probes,
-            success_threshold,
+            threshold,
+            None if o.failure_rate is None else float(o.failure_rate),
+            o.window,
+            o.min_calls,
+            float(o.recovery_timeout),
+            o.half_open_probes,
+            o.success_threshold,
         )
-        self.failure_on = _parse_failure_on(failure_on)
-        self.key = key
+        failure_on = [o.failure_on] if isinstance(o.failure_on, str) else o.failure_on
+        self.failure_on = frozenset(Outcome(item) for item in failure_on)
+        self.key = o.key
         self._workers: list[Worker] = []
-        if notify is not None:
+        if o.notify is not None:
             # Imported only when asked for: the channels and their delivery threads.
             from qwed_guard.alerts.channels import build_channels
             from qwed_guard.alerts.delivery import Worker
 
-            self._workers = [Worker(channel) for channel in build_channels(notify)]
+            self._workers = [Worker(channel) for channel in build_channels(o.notify)]
         self._breaker: Breaker | None = None
 
     @property
@@ -243,29 +237,8 @@ class CircuitBreakerLayer(Layer):
             breaker.announce(ctx, transition, diagnosis)
 
 
-@overload
-def circuit_breaker(fn: F, /) -> F: ...
-
-
-@overload
-def circuit_breaker(
-    *,
-    failure_threshold: int | None = None,
-    recovery_timeout: float = 30.0,
-    failure_rate: float | None = None,
-    window: int = 20,
-    min_calls: int = 10,
-    half_open_probes: int = 1,
-    success_threshold: int = 1,
-    failure_on: Collection[Outcome | str] = DEFAULT_FAILURE_ON,
-    key: str | None = None,
-    state: str | StateStore | None = None,
-    notify: Any = None,
-    verdict: VerdictRules | Judge | None = None,
-) -> Callable[[F], F]: ...
-
-
-def circuit_breaker(fn: Callable[..., Any] | None = None, /, **params: Any) -> Any:
+@layer_decorator(BreakerOptions, CircuitBreakerLayer)
+def circuit_breaker() -> None:
     """Stop calling a failing provider; fail fast with `short_circuited` until it heals.
 
     Opens after `failure_threshold` failed attempts in a row, or (with `failure_rate`) when at
@@ -280,12 +253,5 @@ def circuit_breaker(fn: Callable[..., Any] | None = None, /, **params: Any) -> A
     `notify` (the alerter's channels: `"log"`, `{"slack": {...}}`, ...) gets one `triggered`
     alert when the breaker opens and one `resolved` when it closes again.
     Place it inside `@retry`, so it counts every attempt. `fn.breaker` shows its state.
+    The parameters, their bounds and docs are `BreakerOptions`'s fields.
     """
-    layer = CircuitBreakerLayer(**params)
-    if fn is not None:
-        return guard(fn, layer)
-
-    def decorate(func: F) -> F:
-        return guard(func, layer)
-
-    return decorate

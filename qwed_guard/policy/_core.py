@@ -2,10 +2,10 @@
 
 A policy is a mapping whose keys are decorator names (`audited`, `fallback`,
 `alert_on_failures`, `retry`, `circuit_breaker`, `attempt_timeout`) and whose values are their
-parameters. Each section is checked against its layer's constructor (unknown keys get a
-did-you-mean) and then built, so the layer's own validation speaks with the section's dotted
-path. Layer modules are imported only
-when a policy names them: `import qwed_guard` stays cheap, and a missing one breaks no other.
+parameters. Each section is checked against its layer's options declaration
+(`qwed_guard.options`: unknown keys get a did-you-mean, every bad value is named by its dotted
+path) and then built. Layer modules are imported only when a policy names them:
+`import qwed_guard` stays cheap, and a missing one breaks no other.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import enum
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import Field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from qwed_guard.errors import ParameterError, PolicyError
 from qwed_guard.hooks import Hook
 from qwed_guard.layer import Layer, ObserverLayer, guard
+from qwed_guard.options import Spec, declared, has_default, spec_of, unknown
+from qwed_guard.options import problems as option_problems
 from qwed_guard.outcomes import scrub
 from qwed_guard.policy._callables import check_allowed
 from qwed_guard.policy._files import load
@@ -46,7 +48,11 @@ __all__ = ["CANONICAL_ORDER", "Policy"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _spec(name: str) -> Section:
+SCHEMA_KEY: Final = "$schema"
+"""A top-level key naming the file's JSON Schema, for editors: not part of the policy."""
+
+
+def section_spec(name: str) -> Section:
     return VERDICT_SPEC if name == VERDICT else SECTIONS[name]
 
 
@@ -80,10 +86,7 @@ class _Problems:
             raise PolicyError("\n  ".join([head, *self.items]), self.items)
 
 
-def _unknown(key: object, choices: Iterable[str]) -> str:
-    choices = list(choices)
-    hint = did_you_mean(key, choices) if isinstance(key, str) else ""
-    return f"unknown key {key!r}{hint} (known: {', '.join(choices) or 'none'})"
+_unknown = unknown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +215,8 @@ def _looks_dotted(value: str) -> bool:
 # Sections: their layer classes, parameters and defaults
 
 
-def _layer_class(name: str) -> type[Layer]:
-    section = _spec(name)
+def layer_class(name: str) -> type[Layer]:
+    section = section_spec(name)
     if importlib.util.find_spec(section.module) is None:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
@@ -225,33 +228,24 @@ def _layer_class(name: str) -> type[Layer]:
     return cls
 
 
-_KEYWORD_KINDS: Final = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+def declaration(cls: type[Any]) -> type[Any]:
+    """The dataclass declaring a section's keys: the layer's `options_type` (or the class)."""
+    found: type[Any] = getattr(cls, "options_type", cls)
+    return found
 
 
-def _signature(cls: type[Layer]) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The keyword parameters of the layer's constructor, and whether it takes **kwargs."""
-    parameters = inspect.signature(cls).parameters
-    named = {name: p for name, p in parameters.items() if p.kind in _KEYWORD_KINDS}
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return named, open_ended
-
-
-def _is_set_default(parameter: inspect.Parameter) -> bool:
-    return isinstance(parameter.default, (set, frozenset))
-
-
-def _default_data(parameter: inspect.Parameter) -> Any:
-    """The parameter's default as policy data, or `UNSET` when data cannot say it."""
-    default = parameter.default
-    if default is inspect.Parameter.empty:
+def default_data(option: Field[Any]) -> Any:
+    """The option's default as policy data, or `UNSET` when data cannot say it."""
+    if not has_default(option):
         return UNSET
+    default = option.default
     if isinstance(default, (set, frozenset)):
         items = [item.value if isinstance(item, enum.Enum) else item for item in default]
         return sorted(items) if all(isinstance(item, str) for item in items) else UNSET
     if callable(default) and not isinstance(default, type):
         return _dotted_name(default) or UNSET
     problems = _Problems()
-    plain = _plain(default, parameter.name, problems)
+    plain = _plain(default, option.name, problems)
     return UNSET if problems.items else plain
 
 
@@ -270,11 +264,8 @@ def _callable_name(value: Any, path: str, problems: _Problems) -> Any:
     return name
 
 
-def _normalize_value(
-    section: str, key: str, value: Any, parameter: inspect.Parameter | None, problems: _Problems
-) -> Any:
-    path = f"{section}.{key}"
-    if key in _spec(section).callables:
+def _normalize_value(path: str, value: Any, spec: Spec, problems: _Problems) -> Any:
+    if spec.importable:
         if isinstance(value, (list, tuple)):  # e.g. notify: ["log", my_module.page_someone]
             value = [_callable_name(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
         else:
@@ -282,13 +273,37 @@ def _normalize_value(
         if any(item is UNSET for item in (value if isinstance(value, list) else [value])):
             return UNSET
     plain = _plain(value, path, problems)
-    if plain is UNSET or parameter is None or not _is_set_default(parameter):
-        return plain
-    # A set-valued parameter: order and repeats carry no meaning, so they must not change the hash.
-    items = [plain] if isinstance(plain, str) else plain
-    if isinstance(items, list) and all(isinstance(item, str) for item in items):
-        return sorted(set(items))
-    return plain
+    return plain if plain is UNSET or spec.normal is None else spec.normal(plain)
+
+
+def _import_callables(
+    name: str, options: Mapping[str, Field[Any]], arguments: dict[str, Any], problems: _Problems
+) -> bool:
+    """Import the functions `arguments` name by dotted path, in place; False if one failed."""
+    resolved = True
+    for key, option in options.items():
+        value = arguments.get(key)
+        if not spec_of(option).importable or callable(value):
+            continue
+        if isinstance(value, str) and _looks_dotted(value):
+            try:
+                check_allowed(value)  # before importing anything it names
+                arguments[key] = _import_dotted(value)
+            except Exception as exc:
+                why = "refused" if isinstance(exc, PermissionError) else "cannot import"
+                problems.add(f"{name}.{key}", f"{why} {value!r}: {exc}")
+                arguments.pop(key)  # reported: not checked again as a string
+                resolved = False
+        elif isinstance(value, (list, tuple)):
+            # Dotted channel names are imported by the alert layer: check them here.
+            for index, item in enumerate(value):
+                if isinstance(item, str) and ":" in item:
+                    try:
+                        check_allowed(item)
+                    except PermissionError as exc:
+                        problems.add(f"{name}.{key}[{index}]", f"refused {item!r}: {exc}")
+                        resolved = False
+    return resolved
 
 
 def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, Any], Layer | None]:
@@ -303,71 +318,38 @@ def _build_section(name: str, raw: Any, problems: _Problems) -> tuple[dict[str, 
         )
         return {}, None
     try:
-        cls = _layer_class(name)
+        cls = layer_class(name)
     except LookupError as exc:
         problems.add(name, str(exc))
         return {}, None
-    parameters, open_ended = _signature(cls)
+    declared_by = declaration(cls)
+    options = declared(declared_by)
     before = len(problems.items)
     given: dict[str, Any] = {}
-    objects: dict[str, Any] = {}  # callables the program passed itself: used as they are
-    bad_data = False
+    arguments: dict[str, Any] = {}  # callables the program passed itself are used as they are
     for key, value in raw.items():
         if not isinstance(key, str):
             problems.add(name, f"parameter names must be strings, got {key!r}")
             continue
-        parameter = parameters.get(key)
-        if parameter is None and not open_ended:
-            problems.add(f"{name}.{key}", _unknown(key, parameters))
+        option = options.get(key)
+        if option is None:
+            problems.add(f"{name}.{key}", unknown(key, options))
             continue
-        count = len(problems.items)
-        plain = _normalize_value(name, key, value, parameter, problems)
-        if len(problems.items) > count:
-            bad_data = True  # the layer would only report the key as missing: skip building it
-        elif plain is not UNSET:
-            given[key] = plain
+        plain = _normalize_value(f"{name}.{key}", value, spec_of(option), problems)
+        if plain is not UNSET:
+            given[key] = arguments[key] = plain
             if callable(value) and not isinstance(value, (str, type)):
-                objects[key] = value
-    missing = [
-        key
-        for key, parameter in parameters.items()
-        if parameter.default is inspect.Parameter.empty and key not in given
-    ]
-    for key in missing:
-        problems.add(f"{name}.{key}", "required")
-    arguments = dict(given)
-    unresolved = bad_data
-    for key in _spec(name).callables:
-        value = arguments.get(key)
-        if key in objects:
-            arguments[key] = objects[key]
-        elif isinstance(value, str) and _looks_dotted(value):
-            try:
-                check_allowed(value)  # before importing anything it names
-                arguments[key] = _import_dotted(value)
-            except PermissionError as exc:
-                problems.add(f"{name}.{key}", f"refused {value!r}: {exc}")
-                unresolved = True
-            except Exception as exc:
-                problems.add(f"{name}.{key}", f"cannot import {value!r}: {exc}")
-                unresolved = True
-        elif key == "notify" and isinstance(value, (list, tuple)):
-            # Dotted channel names are imported by the alert layer: check them here.
-            for index, item in enumerate(value):
-                if isinstance(item, str) and ":" in item:
-                    try:
-                        check_allowed(item)
-                    except PermissionError as exc:
-                        problems.add(f"{name}.{key}[{index}]", f"refused {item!r}: {exc}")
-                        unresolved = True
-    # Build the layer even when other keys were bad, so their values are checked too.
-    layer = None if missing or unresolved else _construct(name, cls, arguments, problems)
+                arguments[key] = value
+    complete = len(problems.items) == before  # else the layer would report a key as missing
+    complete = _import_callables(name, options, arguments, problems) and complete
+    for problem in option_problems(declared_by, arguments, relations=complete):
+        problems.add(f"{name}.{problem.param}", problem.text)
+    layer = _construct(name, cls, arguments, problems) if len(problems.items) == before else None
     normalized: dict[str, Any] = {}
-    for key, parameter in parameters.items():
-        value = given[key] if key in given else _default_data(parameter)
+    for key, option in options.items():
+        value = given[key] if key in given else default_data(option)
         if value is not UNSET:
             normalized[key] = value
-    normalized.update((key, value) for key, value in given.items() if key not in normalized)
     return normalized, layer if len(problems.items) == before else None
 
 
@@ -486,7 +468,7 @@ class Policy:
         for key in data:
             if key in SECTIONS:
                 sections.append(key)
-            elif key != VERDICT and key not in OPTIONS:
+            elif key != VERDICT and key not in OPTIONS and key != SCHEMA_KEY:
                 problems.add(str(key), _unknown(key, _TOP_KEYS))
         normalized: dict[str, Any] = {}
         layers: dict[str, Layer] = {}

@@ -22,27 +22,26 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """Where a section's layer class lives, and which of its parameters take a callable."""
+    """Where a section's layer class lives; its `options_type` declares the section's keys
+    (and which of them may name a `pkg.mod:func` to import)."""
 
     module: str
     cls: str
-    callables: frozenset[str] = frozenset()
-    """Parameters whose string value may be a dotted path (`pkg.mod:func`) to import."""
 
 
 # Outermost first: the canonical order (DESIGN.md) is this dict's order.
 SECTIONS: Final[dict[str, Section]] = {
-    "audited": Section("qwed_guard.audit", "AuditLayer", frozenset({"redact"})),
-    "fallback": Section("qwed_guard.fallback", "FallbackLayer", frozenset({"handler"})),
-    "alert_on_failures": Section("qwed_guard.alerts", "AlertLayer", frozenset({"notify"})),
-    "retry": Section("qwed_guard.retry", "RetryLayer", frozenset({"classifier", "jitter"})),
+    "audited": Section("qwed_guard.audit", "AuditLayer"),
+    "fallback": Section("qwed_guard.fallback", "FallbackLayer"),
+    "alert_on_failures": Section("qwed_guard.alerts", "AlertLayer"),
+    "retry": Section("qwed_guard.retry", "RetryLayer"),
     "circuit_breaker": Section("qwed_guard.breaker", "CircuitBreakerLayer"),
     "attempt_timeout": Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
 }
 CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(SECTIONS)
 # Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
 VERDICT: Final = "verdict"
-VERDICT_SPEC: Final = Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"}))
+VERDICT_SPEC: Final = Section("qwed_guard.verdicts", "VerdictRules")
 # Top-level keys that are not sections.
 OPTIONS: Final = ("order", "allow_unusual_order")
 # "Not given" (a parameter default) and "not plain data" (a conversion's answer).

@@ -1,4 +1,7 @@
-"""`qwed-guard policy check FILE`: print the stack a policy file builds, or every problem in it."""
+"""`qwed-guard policy check FILE`: print the stack a policy file builds, or every problem in it.
+
+`qwed-guard policy schema`: print the JSON Schema of policy files (docs/policy.schema.json).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any, TextIO
 
 from qwed_guard.errors import PolicyError
 
-__all__ = ["check", "main", "register"]
+__all__ = ["check", "main", "register", "schema"]
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -31,6 +34,14 @@ def check(path: str, out: TextIO | None = None, err: TextIO | None = None) -> in
     return EXIT_OK
 
 
+def schema(out: TextIO | None = None) -> int:
+    """Print the JSON Schema policy files are checked against; return 0."""
+    from qwed_guard.policy._schema import schema_text
+
+    (out if out is not None else sys.stdout).write(schema_text())
+    return EXIT_OK
+
+
 def _printable(text: str) -> str:
     """Scrubbed, and encodable on any terminal (a lone surrogate is shown escaped)."""
     from qwed_guard.redact import scrub
@@ -43,8 +54,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add `policy check FILE` to a CLI's subparsers; the command's `run(args)` returns the exit
-    code."""
+    """Add `policy check FILE` and `policy schema` to a CLI's subparsers; each command's
+    `run(args)` returns the exit code."""
     parser = subparsers.add_parser("policy", help="work with policy files")
     commands = parser.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
     checker = commands.add_parser(
@@ -55,6 +66,13 @@ def register(subparsers: Any) -> None:
     )
     checker.add_argument("file", help="a .toml, .yaml/.yml or .json policy file")
     checker.set_defaults(run=_run)
+    printer = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of policy files",
+        description="Print the JSON Schema (draft 2020-12) policy files are checked against, "
+        "for editors (taplo, yaml-language-server) and CI.",
+    )
+    printer.set_defaults(run=lambda args: schema())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

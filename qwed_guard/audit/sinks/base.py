@@ -3,7 +3,6 @@ one routine that seals records into a chain and signs checkpoints (`ChainedSink.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -125,32 +124,12 @@ class Sealed:
     """Records this writer has appended since its last checkpoint, once these are stored."""
 
 
-_LIMITS: dict[str, tuple[type, float, float, bool]] = {
-    # name: (type, least, most, whether the least itself is allowed)
-    "batch_size": (int, 1, MAX_BATCH_SIZE, True),
-    "batch_ms": (float, 0, MAX_BATCH_MS, False),
-    "checkpoint_every": (int, 1, MAX_CHECKPOINT_EVERY, True),
-    "rotate_bytes": (int, 1, 2**50, True),
-    "rotate_seconds": (float, 0, 10 * 366 * 86400.0, False),
-    "keep_files": (int, 1, 1_000_000, True),
-    "keep_days": (float, 0, 100 * 366.0, False),
-}
-
-
 def check_options(**options: Any) -> None:
-    """Refuse a numeric audit option outside its bounds, naming it (None means unset)."""
-    for name, value in options.items():
-        if value is None and name.startswith(("rotate", "keep")):
-            continue
-        kind, least, most, inclusive = _LIMITS[name]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or (kind is int and not isinstance(value, int)):
-            wanted = "an int" if kind is int else "a number"
-            raise bad_parameter(name, f"must be {wanted}, got {value!r}", wrong_type=True)
-        low_ok = value >= least if inclusive else value > least
-        if not math.isfinite(value) or not low_ok or value > most:
-            low = f">= {least:g}" if inclusive else f"> {least:g}"
-            raise bad_parameter(name, f"must be {low} and <= {most:g}, got {value!r}")
+    """Refuse audit options `@audited` would refuse, naming each (None means unset)."""
+    from qwed_guard.audit.layer import AuditOptions
+    from qwed_guard.options import check
+
+    check(AuditOptions, options)
 
 
 _live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
@@ -198,9 +177,9 @@ class ChainedSink:
         checkpoint_every: int = 1000,
         anchor: str | os.PathLike[str] | None = None,
     ) -> None:
-        if fsync not in FSYNC_MODES:
-            raise bad_parameter("fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
-        check_options(batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every)
+        check_options(
+            fsync=fsync, batch_size=batch_size, batch_ms=batch_ms, checkpoint_every=checkpoint_every
+        )
         if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
             raise bad_parameter("anchor", "must be a file path", wrong_type=True)
         self.fsync: FsyncMode = fsync

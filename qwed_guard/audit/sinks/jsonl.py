@@ -48,8 +48,6 @@ def _looks_like_trail(first: bytes) -> bool:
     """True when `first` (the file's first bytes) starts a trail of ours."""
     import orjson
 
-    if not first:
-        return True  # created, then a crash before the first record was written
     newline = first.find(b"\n")
     if newline < 0:
         # Empty: created by a writer killed before its first record; or one torn record.
