@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -206,3 +207,19 @@ def test_a_channel_registered_by_path_is_imported_when_used_and_checks_its_setti
         build_channels([{"nosuch": {}}])
     with pytest.raises(ParameterError, match=r"expected a class or 'package\.module:Class'"):
         register_channel("broken", "no_colon")
+
+
+def test_trails_are_read_back_from_a_path_object_as_from_a_string(tmp_path: Path) -> None:
+    from qwed_guard.audit.sinks import close_all
+
+    trail = tmp_path / "audit.jsonl"
+
+    @audited(sink=f"jsonl:{trail}")
+    def ask(query: str) -> bool:
+        return True
+
+    ask("q")
+    close_all()
+    assert [r["event"] for r in read_records(trail)] == ["attempt", "call"]
+    assert [r["event"] for r in read_records(str(trail))] == ["attempt", "call"]
+    assert verify_trail(trail).ok and verify_trail(str(trail)).ok

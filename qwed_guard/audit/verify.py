@@ -37,7 +37,7 @@ from qwed_guard.audit.record import GENESIS, record_hash
 __all__ = ["Problem", "VerifyReport", "iter_lines", "read_records", "verify_trail"]
 
 
-def iter_lines(path: str) -> Iterator[tuple[str, bytes, bool]]:
+def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes, bool]]:
     """(where, line, complete) for every stored record line, oldest first.
 
     `complete` is False only for a final line without its newline (a torn write).
@@ -48,7 +48,7 @@ def iter_lines(path: str) -> Iterator[tuple[str, bytes, bool]]:
         yield where, line, complete
 
 
-def read_records(path: str) -> Iterator[dict[str, Any]]:
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Every parseable record of a trail, oldest first (skips a torn final line)."""
     import orjson
 
@@ -165,7 +165,7 @@ def _seq_later(lines: Iterator[tuple[str, bytes, bool, Any]], wanted: int) -> bo
 
 
 def verify_trail(
-    path: str,
+    path: str | os.PathLike[str],
     *,
     key: Key | None = None,
     checkpoint_path: str | None = None,

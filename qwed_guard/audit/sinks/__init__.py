@@ -107,8 +107,9 @@ def _resolve(spec: str, reading: bool) -> tuple[Any, str]:
     return SINKS.load(scheme), f"{scheme}:{rest}"
 
 
-def open_trail(spec: str) -> Trail:
+def open_trail(spec: str | os.PathLike[str]) -> Trail:
     """The stored trail at `spec` (a URL, or a path), to read back: `audit verify`, `show`."""
+    spec = os.fspath(spec)
     cls, url = _resolve(spec, reading=True)
     reader = getattr(cls, "reader", None)
     if reader is None:
