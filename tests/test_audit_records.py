@@ -391,3 +391,29 @@ def test_other_records_use_rfc8785(record: dict[str, Any]) -> None:
     except (UnicodeEncodeError, rfc8785.CanonicalizationError):
         return
     assert canonical(record) == expected
+
+
+any_key_value = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), any_key_value, max_size=4), st.text(max_size=8))
+def test_a_record_with_non_ascii_text_or_keys_keeps_the_rfc8785_form(
+    context: dict[str, Any], query: str
+) -> None:
+    # A built record: ASCII keys of its own, any text (a query in €, π), a user's context
+    # whose keys may be anything. The fast path must give RFC 8785's bytes for all of them.
+    from qwed_guard.audit.record import Record
+
+    record = Record({"v": 1, "query": query, "context": context, "events": [context]})
+    try:
+        expected = rfc8785.dumps(dict(record))
+    except (UnicodeEncodeError, rfc8785.CanonicalizationError):
+        return
+    assert canonical(record) == expected

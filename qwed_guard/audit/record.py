@@ -107,6 +107,22 @@ def _simple(obj: Any) -> bool:
     return False
 
 
+def _ascii_keys(mapping: Mapping[str, Any]) -> bool:
+    return all(map(str.isascii, mapping))
+
+
+def _ascii_keys_within(values: Any) -> bool:
+    """True when every dict inside `values` (at any depth) has only ASCII keys."""
+    for value in values:
+        kind = type(value)
+        if kind is dict:
+            if value and not (_ascii_keys(value) and _ascii_keys_within(value.values())):
+                return False
+        elif kind is list and value and not _ascii_keys_within(value):
+            return False
+    return True
+
+
 _SCALARS = frozenset({str, int, bool, type(None)})
 _PLAIN = _SCALARS | {dict, list}
 
@@ -184,7 +200,12 @@ def canonical(record: Mapping[str, Any]) -> bytes:
         except TypeError:
             pass
         else:
-            if body.isascii() or _simple(record):
+            # Non-ASCII text sorts and escapes alike in both; only a non-ASCII key could be
+            # ordered differently (RFC 8785 compares UTF-16 code units).
+            # A Record's own keys are ASCII; the dicts inside it may hold a user's keys.
+            if body.isascii() or (
+                (kind is Record or _ascii_keys(record)) and _ascii_keys_within(record.values())
+            ):
                 return body
     if _simple(record):
         dumps = _sorted_dumps or _load_orjson()
