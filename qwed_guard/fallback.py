@@ -187,9 +187,8 @@ class FallbackLayer(Layer):
         diagnosis = outcome.diagnosis
         if exc is None:
             if diagnosis.outcome in ANSWERED:
-                return outcome._replace(
-                    result=self._answered(ctx, outcome.result, diagnosis.outcome)
-                )
+                answered = self._answered(ctx, outcome.result, diagnosis.outcome)
+                return CallOutcome(diagnosis, answered, None)
         elif isinstance(exc, _NEVER_FALL_BACK):
             return outcome
         failure = Failure(

@@ -195,16 +195,12 @@ def end_attempt(
     return CallOutcome(diagnosis, result, exc)
 
 
-def _announce_attempt(ctx: CallContext) -> None:
-    ctx.wire = None
-    if ctx.wants(AttemptStarted):
-        ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
-
-
 def _attempt(
     ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> CallOutcome:
-    _announce_attempt(ctx)
+    ctx.wire = None
+    if (ctx.listeners or ctx.events is not None) and ctx.wants(AttemptStarted):
+        ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
@@ -226,7 +222,9 @@ async def _attempt_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> CallOutcome:
-    _announce_attempt(ctx)
+    ctx.wire = None
+    if (ctx.listeners or ctx.events is not None) and ctx.wants(AttemptStarted):
+        ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
     started = clock.monotonic()
     ctx.in_user_code = True
     try:
@@ -249,88 +247,126 @@ async def _attempt_async(
 
 
 # --- the drivers ----------------------------------------------------------------------
+# A stack is compiled once, at decoration, into one function per layer, each closing over
+# the next: a call pays for the layers' own methods, not for finding them.
 
 Steps = tuple[tuple[Layer, "str | None"], ...]
 """The layers a call runs through, outermost first, each with the policy hash it stamps."""
+Run = Callable[[CallContext, Callable[..., Any], tuple[Any, ...], dict[str, Any]], CallOutcome]
+RunAsync = Callable[
+    [CallContext, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Awaitable[CallOutcome]
+]
 
 
-def _run(
-    steps: Steps,
-    depth: int,
-    ctx: CallContext,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> CallOutcome:
-    if depth == len(steps):
-        return _attempt(ctx, fn, args, kwargs)
-    layer, policy_hash = steps[depth]
-    if policy_hash is not None:
-        ctx.policy_hash = policy_hash
-    try:
-        state = layer.enter(ctx)
-    except Exception as exc:
-        return outcome_of(exc)
-    if type(state) is CallOutcome:
-        return state
-    try:
-        while True:
-            inner = _run(steps, depth + 1, ctx, fn, args, kwargs)
+def _overridden(layer: Layer, name: str) -> Any:
+    """`layer`'s method `name`, or None when it keeps Layer's own (which does nothing)."""
+    if getattr(type(layer), name) is getattr(Layer, name):
+        return None
+    return getattr(layer, name)
+
+
+def _step(layer: Layer, policy_hash: str | None, inner: Run) -> Run:
+    enter = _overridden(layer, "enter")
+    leave = _overridden(layer, "exit")
+    interrupted = _overridden(layer, "interrupted")
+    kind = layer.kind
+
+    def run(
+        ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> CallOutcome:
+        if policy_hash is not None:
+            ctx.policy_hash = policy_hash
+        state = None
+        if enter is not None:
             try:
-                step = layer.exit(ctx, state, inner)
+                state = enter(ctx)
             except Exception as exc:
                 return outcome_of(exc)
-            if type(step) is CallOutcome:
-                return step
-            if type(step) is float:
-                clock.active().sleep(step)
-                continue
-            raise TypeError(f"{layer.kind}.exit returned {step!r} in a synchronous call")
-    except BaseException as exc:
-        layer.interrupted(ctx, state, exc)
-        raise
+            if type(state) is CallOutcome:
+                return state
+        try:
+            while True:
+                outcome = inner(ctx, fn, args, kwargs)
+                if leave is None:
+                    return outcome
+                try:
+                    step = leave(ctx, state, outcome)
+                except Exception as exc:
+                    return outcome_of(exc)
+                if type(step) is CallOutcome:
+                    return step
+                if type(step) is float:
+                    clock.active().sleep(step)
+                    continue
+                raise TypeError(f"{kind}.exit returned {step!r} in a synchronous call")
+        except BaseException as exc:
+            if interrupted is not None:
+                interrupted(ctx, state, exc)
+            raise
+
+    return run
 
 
-async def _run_async(
-    steps: Steps,
-    depth: int,
-    ctx: CallContext,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> CallOutcome:
-    if depth == len(steps):
-        return await _attempt_async(ctx, fn, args, kwargs)
-    layer, policy_hash = steps[depth]
-    if policy_hash is not None:
-        ctx.policy_hash = policy_hash
-    try:
-        state = layer.enter(ctx)
-    except Exception as exc:
-        return outcome_of(exc)
-    if type(state) is CallOutcome:
-        return state
-    try:
-        while True:
-            if layer.bound is None:
-                inner = await _run_async(steps, depth + 1, ctx, fn, args, kwargs)
-            else:
-                inner = await _bounded(layer, state, steps, depth, ctx, fn, args, kwargs)
+def _step_async(layer: Layer, policy_hash: str | None, inner: RunAsync) -> RunAsync:
+    enter = _overridden(layer, "enter")
+    leave = _overridden(layer, "exit")
+    interrupted = _overridden(layer, "interrupted")
+    bound = layer.bound
+    kind = layer.kind
+
+    async def run(
+        ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> CallOutcome:
+        if policy_hash is not None:
+            ctx.policy_hash = policy_hash
+        state = None
+        if enter is not None:
             try:
-                step = layer.exit(ctx, state, inner)
-                if type(step) is Deferred:
-                    step = await _settle(step)
+                state = enter(ctx)
             except Exception as exc:
                 return outcome_of(exc)
-            if type(step) is CallOutcome:
-                return step
-            if type(step) is float:
-                await clock.active().asleep(step)
-                continue
-            raise TypeError(f"{layer.kind}.exit returned {step!r}")
-    except BaseException as exc:
-        layer.interrupted(ctx, state, exc)
-        raise
+            if type(state) is CallOutcome:
+                return state
+        try:
+            while True:
+                if bound is None:
+                    outcome = await inner(ctx, fn, args, kwargs)
+                else:
+                    outcome = await _bounded(layer, state, bound, inner, ctx, fn, args, kwargs)
+                if leave is None:
+                    return outcome
+                try:
+                    step = leave(ctx, state, outcome)
+                    if type(step) is Deferred:
+                        step = await _settle(step)
+                except Exception as exc:
+                    return outcome_of(exc)
+                if type(step) is CallOutcome:
+                    return step
+                if type(step) is float:
+                    await clock.active().asleep(step)
+                    continue
+                raise TypeError(f"{kind}.exit returned {step!r}")
+        except BaseException as exc:
+            if interrupted is not None:
+                interrupted(ctx, state, exc)
+            raise
+
+    return run
+
+
+def _compile(steps: Steps) -> Run:
+    run: Run = _attempt
+    for layer, policy_hash in reversed(steps):
+        run = _step(layer, policy_hash, run)
+    return run
+
+
+def _compile_async(steps: Steps) -> RunAsync:
+    run: RunAsync = _attempt_async
+    for layer, policy_hash in reversed(steps):
+        run = _step_async(layer, policy_hash, run)
+    return run
 
 
 async def _settle(deferred: Deferred) -> CallOutcome:
@@ -344,19 +380,19 @@ async def _settle(deferred: Deferred) -> CallOutcome:
 async def _bounded(
     layer: Layer,
     state: Any,
-    steps: Steps,
-    depth: int,
+    bound: float,
+    inner: RunAsync,
     ctx: CallContext,
-    fn: Callable[..., Awaitable[Any]],
+    fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> CallOutcome:
     recorded = len(ctx.attempts)
     started = clock.monotonic()
-    timer = asyncio.timeout(layer.bound)
+    timer = asyncio.timeout(bound)
     try:
         async with timer:
-            return await _run_async(steps, depth + 1, ctx, fn, args, kwargs)
+            return await inner(ctx, fn, args, kwargs)
     except TimeoutError as exc:
         if not timer.expired():
             raise
@@ -395,6 +431,9 @@ def _end(ctx: CallContext, outcome: CallOutcome) -> None:
     ctx.send(
         CallEnded(ctx.attempt, clock.wall(), outcome.diagnosis, outcome.result, outcome.exception)
     )
+    # The watchers hold the context and the context holds them: let both go with the call,
+    # not with the next run of the cycle collector.
+    ctx.listeners = []
 
 
 def _interrupted(ctx: CallContext, exc: BaseException) -> None:
@@ -456,6 +495,8 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
     """
     rules = _chain_rules(chain)
     steps: Steps = tuple((layer, h) for layer, h in chain if not layer.hooks)
+    run = _compile(steps)
+    run_async = _compile_async(steps)
     own_hooks = tuple(hook for layer, _ in chain for hook in layer.hooks)
     outer_hash = chain[0][1]
 
@@ -492,11 +533,11 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             if ctx is not None and not ctx.in_user_code:
                 # Called by a layer of another guarded call: run as part of it.
                 ctx.rules = rules
-                return _deliver(await _run_async(steps, 0, ctx, wrapped, args, kwargs))
+                return _deliver(await run_async(ctx, wrapped, args, kwargs))
             ctx = open_(args if instance is None else (instance, *args), kwargs)
             token = CURRENT.set(ctx)
             try:
-                outcome = await _run_async(steps, 0, ctx, wrapped, args, kwargs)
+                outcome = await run_async(ctx, wrapped, args, kwargs)
             except BaseException as exc:
                 _interrupted(ctx, exc)
                 raise
@@ -512,11 +553,11 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
         ctx = CURRENT.get()
         if ctx is not None and not ctx.in_user_code:
             ctx.rules = rules
-            return _deliver(_run(steps, 0, ctx, wrapped, args, kwargs))
+            return _deliver(run(ctx, wrapped, args, kwargs))
         ctx = open_(args if instance is None else (instance, *args), kwargs)
         token = CURRENT.set(ctx)
         try:
-            outcome = _run(steps, 0, ctx, wrapped, args, kwargs)
+            outcome = run(ctx, wrapped, args, kwargs)
         except BaseException as exc:
             _interrupted(ctx, exc)
             raise

@@ -83,14 +83,13 @@ _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 Read = tuple[bool, Any, Any]
-"""(verified, value, confidence) as a call or an attempt produced them, not yet record data."""
+"""(verified, value, confidence) of what a call or an attempt produced, as record data."""
 
 
 def _read(result: Any, outcome: Outcome) -> Read:
-    """What an attempt or a call produced, read once, on the caller's side.
+    """What an attempt or a call produced, read once on the caller's side, as record data.
 
-    `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is. A
-    value that could change after the call returns is copied as record data now.
+    `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is.
     """
     if isinstance(result, BaseException):
         return False, None, None
@@ -101,21 +100,13 @@ def _read(result: Any, outcome: Outcome) -> Read:
     else:
         answer = answer_of(result)
         value, confidence = answer.value, answer.confidence
-    if type(value) not in _SCALARS:
-        value = jsonable(value)
-    if type(confidence) not in _SCALARS:
-        confidence = jsonable(confidence)
-    return verified, value, confidence
-
-
-def _data(value: Any) -> Any:
-    """A read value as record data (no floats: their shortest decimal text)."""
     kind = type(value)
-    if value is None or kind is int or kind is bool:
-        return value
-    if kind is float:
-        return float_text(value)
-    return jsonable(value)
+    if not (value is None or kind is int or kind is bool):
+        value = float_text(value) if kind is float else jsonable(value)
+    said: Any = confidence
+    if said is not None:
+        said = float_text(said) if type(said) is float else jsonable(said)
+    return verified, value, said
 
 
 def _token(result: Any) -> str | None:
@@ -328,14 +319,14 @@ class _Call:
         number = attempt.number
         record.update(
             {
-                "id": f"{self.call_id}/a{number}",
+                "id": f"{record['call_id']}/a{number}",
                 "ts": rfc3339(wall),
                 "event": "attempt",
                 "attempt": number,
                 "outcome": attempt.outcome._value_,
                 "verified": verified,
-                "value": _data(value),
-                "confidence": _data(confidence),
+                "value": value,
+                "confidence": confidence,
                 "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
@@ -379,14 +370,14 @@ class _Call:
         verified, value, confidence = read
         record.update(
             {
-                "id": f"{self.call_id}/call",
+                "id": f"{record['call_id']}/call",
                 "ts": rfc3339(wall),
                 "event": "call",
                 "attempt": attempts,
                 "outcome": outcome._value_,
                 "verified": verified,
-                "value": _data(value),
-                "confidence": _data(confidence),
+                "value": value,
+                "confidence": confidence,
                 "error": self.text(error) if error else None,
                 "duration_us": round(duration * 1_000_000),
                 "source": source,
