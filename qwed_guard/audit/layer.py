@@ -180,6 +180,8 @@ class _Call:
             "qwed": qwed_version,
             "qwed_guard": guard_version,
         }
+        if ctx.traceparent is not None:  # set by the tracing hook, which starts first
+            self.common["traceparent"] = ctx.traceparent
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from qwed_guard import hooks as _hooks
 from qwed_guard.audit.chain import Key
 from qwed_guard.errors import AuditError, bad_parameter
 
@@ -68,6 +69,13 @@ def check_options(**options: Any) -> None:
         if not math.isfinite(value) or not low_ok or value > most:
             low = f">= {least:g}" if inclusive else f"> {least:g}"
             raise bad_parameter(name, f"must be {low} and <= {most:g}, got {value!r}")
+
+
+def _committed(sink: ChainedSink, records: Sequence[dict[str, Any]], started: float) -> None:
+    """Tell the process listeners (metrics) that `records` were committed."""
+    events = tuple(str(record.get("event")) for record in records)
+    duration = time.perf_counter() - started
+    _hooks.emit(_hooks.AuditCommitted(sink.kind, sink.fsync, events, duration))
 
 
 _live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
@@ -149,7 +157,10 @@ class ChainedSink:
             with self._write_lock:
                 if self._closed:
                     raise AuditError(f"{self.describe()}: the sink is closed")
+                started = time.perf_counter()
                 self._commit(list(records), self.fsync == "always")
+            if _hooks.listeners:
+                _committed(self, records, started)
             return
         with self._lock:
             if self._error is not None:
@@ -264,11 +275,14 @@ class ChainedSink:
                 self._inflight = len(batch)
             try:
                 with self._write_lock:
+                    started = time.perf_counter()
                     self._commit(batch, True)
             except BaseException as exc:  # kept, and raised to the next caller: fail closed
                 with cond:
                     self._fail_pending(exc)
                 return
+            if _hooks.listeners:
+                _committed(self, batch, started)
             with cond:
                 self._inflight = 0
                 cond.notify_all()
