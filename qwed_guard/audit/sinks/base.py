@@ -275,14 +275,14 @@ class ChainedSink:
                 self._inflight = len(batch)
             try:
                 with self._write_lock:
-                    started = time.perf_counter()
+                    started, appended = time.perf_counter(), len(batch)
                     self._commit(batch, True)
             except BaseException as exc:  # kept, and raised to the next caller: fail closed
                 with cond:
                     self._fail_pending(exc)
                 return
-            if _hooks.listeners:
-                _committed(self, batch, started)
+            if _hooks.listeners:  # the sink may have put a genesis or repair record first
+                _committed(self, batch[len(batch) - appended :], started)
             with cond:
                 self._inflight = 0
                 cond.notify_all()
