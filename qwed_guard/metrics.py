@@ -281,7 +281,9 @@ def _backend(backend: str, prefix: str, buckets: tuple[float, ...], target: Any)
         if found is not None:
             if found.buckets != buckets:
                 raise bad_parameter(
-                    "buckets", "differ from the buckets already registered for this destination"
+                    "buckets",
+                    f"this registry's histograms were made with {list(found.buckets)}; give "
+                    "those, or another prefix or registry",
                 )
             return found
         made: _Backend = (
@@ -371,6 +373,9 @@ class Metrics:
             raise bad_parameter("enabled", f"must be true or false, got {enabled!r}")
         if backend not in BACKENDS:
             raise bad_parameter("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        for name, given in (("registry", registry), ("meter_provider", meter_provider)):
+            if isinstance(given, (str, int, float, list, dict)):
+                raise bad_parameter(name, "is an object given in code, not policy data")
         self.enabled = enabled
         self.backend = backend
         self.prefix = _prefix(prefix)
@@ -384,7 +389,7 @@ class Metrics:
             else ("opentelemetry.metrics", "otel")
         )
         if not find_spec(module):
-            raise bad_parameter("metrics", f"needs {module}: pip install 'qwed-guard[{extra}]'")
+            raise bad_parameter("enabled", f"needs {module}: pip install 'qwed-guard[{extra}]'")
         target = registry if backend == "prometheus" else meter_provider
         self._made = _backend(backend, self.prefix, self.buckets, target)
 

@@ -111,7 +111,7 @@ class Tracing:
         self.attempt_span = _template("attempt_span", attempt_span)
         if enabled and tracer_provider is None and not find_spec("opentelemetry.trace"):
             raise bad_parameter(
-                "tracing", "needs opentelemetry-api: pip install 'qwed-guard[otel]'"
+                "enabled", "needs opentelemetry-api: pip install 'qwed-guard[otel]'"
             )
         self.tracer_provider = tracer_provider
         self._tracer: Any = None

@@ -773,3 +773,69 @@ def test_every_metric_the_dashboard_queries_is_in_a_real_scrape(
     expected = {qmetrics.prometheus_name(i) for i in qmetrics.INSTRUMENTS}
     queried = {re.sub(r"_(bucket|count|sum)$", "", n) for n in _dashboard_metrics()}
     assert expected <= queried, sorted(expected - queried)
+
+
+# --- policy sections -------------------------------------------------------------------------
+
+
+def test_policy_sections_attach_tracing_and_metrics(fake_clock: FakeClock) -> None:
+    from opentelemetry import trace
+    from prometheus_client import REGISTRY
+
+    from qwed_guard import Policy
+
+    exporter = InMemorySpanExporter()
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # once per process: the global provider
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    policy = Policy.from_dict(
+        {
+            "retry": {"max_tries": 2, "jitter": None},
+            "tracing": {"call_span": "policy {function}"},
+            "metrics": {"prefix": "qwed_guard_policy_test", "buckets": [0.5, 1, 5]},
+        }
+    )
+    assert "watched by: tracing(" in policy.describe()
+    assert Policy.from_dict(policy.to_dict()) == policy
+    verify = policy(replies(DOWN, OK))
+    assert verify("q") is OK
+    function = name_of(verify)
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == [f"attempt {function}", f"attempt {function}", f"policy {function}"]
+    (root,) = [s for s in exporter.get_finished_spans() if s.name.startswith("policy ")]
+    assert root.attributes["qwed_guard.policy_hash"] == policy.hash  # type: ignore[index]
+    text = generate_latest(REGISTRY).decode()
+    calls = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "qwed_guard_policy_test_calls_total" and s.labels["function"] == function
+    ]
+    assert [(s.labels["retried"], s.value) for s in calls] == [("true", 1.0)]
+    assert 'qwed_guard_policy_test_call_duration_seconds_bucket{function="' in text
+    assert 'le="0.5"' in text
+
+
+def test_policy_sections_off_and_invalid() -> None:
+    from qwed_guard import Policy, PolicyError
+
+    off = Policy.from_dict(
+        {"retry": {}, "tracing": {"enabled": False}, "metrics": {"enabled": False}}
+    )
+    assert "tracing(off)" in off.describe() and "metrics(off)" in off.describe()
+    assert off.hash != Policy.from_dict({"retry": {}}).hash
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_dict(
+            {
+                "retry": {},
+                "tracing": {"call_span": "{query}", "colour": "red"},
+                "metrics": {"backend": "statsd", "registry": "default"},
+            }
+        )
+    text = str(caught.value)
+    assert "tracing.call_span" in text
+    assert "tracing.colour" in text
+    assert "metrics.backend" in text
+    assert "metrics.registry" in text

@@ -60,12 +60,19 @@ _VERDICT: Final = "verdict"
 _VERDICT_SPEC: Final = _Section("qwed_guard.verdicts", "VerdictRules", frozenset({"judge"}))
 
 
+# Not layers either: hooks watching every call of the stack (docs: observability).
+_OBSERVERS: Final[dict[str, _Section]] = {
+    "tracing": _Section("qwed_guard.tracing", "Tracing"),
+    "metrics": _Section("qwed_guard.metrics", "Metrics"),
+}
+
+
 def _spec(name: str) -> _Section:
-    return _VERDICT_SPEC if name == _VERDICT else _SECTIONS[name]
+    return _VERDICT_SPEC if name == _VERDICT else _OBSERVERS.get(name) or _SECTIONS[name]
 
 
 _OPTIONS: Final = ("order", "allow_unusual_order")
-_TOP_KEYS: Final = (*CANONICAL_ORDER, _VERDICT, *_OPTIONS)
+_TOP_KEYS: Final = (*CANONICAL_ORDER, _VERDICT, *_OBSERVERS, *_OPTIONS)
 _MAX_DEPTH: Final = 32
 _MAX_NODES: Final = 100_000  # YAML aliases can make a small file a huge (or endless) value
 _UNSET: Any = object()
@@ -243,7 +250,7 @@ def _layer_class(name: str) -> type[Layer]:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
     cls = getattr(module, section.cls, None)
-    if name == _VERDICT and isinstance(cls, type):
+    if (name == _VERDICT or name in _OBSERVERS) and isinstance(cls, type):
         return cls  # built like a layer, applied to the whole stack
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise LookupError(f"not available: {section.module} defines no {section.cls} layer")
@@ -492,7 +499,16 @@ class Policy:
     that data.
     """
 
-    __slots__ = ("_canonical", "_data", "_hash", "_hooks", "_layers", "_order", "_rules")
+    __slots__ = (
+        "_canonical",
+        "_data",
+        "_hash",
+        "_hooks",
+        "_layers",
+        "_observers",
+        "_order",
+        "_rules",
+    )
 
     _canonical: str
     _data: dict[str, Any]
@@ -501,6 +517,7 @@ class Policy:
     _rules: VerdictRules | None
     _order: tuple[str, ...]
     _hooks: tuple[Hook, ...]
+    _observers: tuple[Hook, ...]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         problems = _Problems()
@@ -511,7 +528,7 @@ class Policy:
         for key in data:
             if key in _SECTIONS:
                 sections.append(key)
-            elif key != _VERDICT and key not in _OPTIONS:
+            elif key != _VERDICT and key not in _OPTIONS and key not in _OBSERVERS:
                 problems.add(str(key), _unknown(key, _TOP_KEYS))
         normalized: dict[str, Any] = {}
         layers: dict[str, Layer] = {}
@@ -523,6 +540,11 @@ class Policy:
         rules: Any = None
         if _VERDICT in data:
             normalized[_VERDICT], rules = _build_section(_VERDICT, data[_VERDICT], problems)
+        observers: list[Any] = []
+        for name in _OBSERVERS:
+            if name in data:
+                normalized[name], observer = _build_section(name, data[name], problems)
+                observers.append(observer)
         allow = data.get("allow_unusual_order", False)
         if not isinstance(allow, bool):
             problems.add("allow_unusual_order", f"must be true or false, got {allow!r}")
@@ -545,6 +567,7 @@ class Policy:
         setattr_(self, "_rules", rules)
         setattr_(self, "_order", order)
         setattr_(self, "_hooks", ())
+        setattr_(self, "_observers", tuple(observers))
 
     # -- building -----------------------------------------------------------------------------
 
@@ -606,6 +629,8 @@ class Policy:
             lines[0] += "  [unusual order allowed]"
         if self._rules is not None:
             lines.append(f"  verdicts: {self._rules.describe()}")
+        for observer in self._observers:
+            lines.append(f"  watched by: {getattr(observer, 'describe', observer.__repr__)()}")
         for index, name in enumerate(self._order, 1):
             lines.append(f"  {index}. {self._layers[name].describe()}")
         lines.append(f"  {len(self._order) + 1}. the function" if self._order else "  (no layers)")
@@ -641,7 +666,8 @@ class Policy:
 
     def wrap_with(self, fn: F, rules: VerdictRules | None) -> F:
         """Apply the stack to `fn` with these verdict rules instead of the policy's own."""
-        wrapped: Any = guard(fn, ObserverLayer(self._hooks)) if self._hooks else fn
+        hooks = self._observers + self._hooks
+        wrapped: Any = guard(fn, ObserverLayer(hooks)) if hooks else fn
         for index in range(len(self._order) - 1, -1, -1):
             name = self._order[index]
             # The outermost layer stamps the hash on each call, for audit records and alerts.
