@@ -881,6 +881,20 @@ def _fleet(quick: bool, workdir: Path) -> Section:
 # ------------------------------------------------------------------------ 8. observability
 
 
+_OBSERVE_PROBE = """
+import sys, time, json
+started = time.perf_counter()
+import qwed_guard.metrics as metrics, qwed_guard.tracing as tracing
+from qwed_guard import retry
+{enable}
+retry(max_tries=1)(lambda q: {{"verified": True, "value": 1}})("q")
+elapsed = time.perf_counter() - started
+loaded = sorted({{m.split(".")[0] for m in sys.modules
+    if m.startswith(("opentelemetry", "prometheus_client"))}})
+print(json.dumps({{"seconds": elapsed, "loaded": loaded}}))
+"""
+
+
 def observability(quick: bool, workdir: Path) -> Section:
     """Per-call cost of the tracing and metrics hooks, side by side with both off, one run."""
     from opentelemetry.sdk.metrics import MeterProvider
@@ -955,14 +969,48 @@ def observability(quick: bool, workdir: Path) -> Section:
             spread = (max(samples[key]) - min(samples[key])) * 1e6
             added = (value - off) * 1e6
             section.rows.append([key, value * 1e6, added, f"{value / off:.2f}x", spread])
+    # What enabling costs once per process, and that nothing is paid with both off.
+    probes = {
+        "both off (import the hook modules, one call)": "",
+        "metrics on (prometheus-client)": "metrics.enable()",
+        "tracing on (OTel API)": "tracing.enable()",
+    }
+    for name, enable in probes.items():
+        times: list[float] = []
+        loaded: list[str] = []
+        for _ in range(3 if quick else 7):
+            out = subprocess.run(
+                [sys.executable, "-c", _OBSERVE_PROBE.format(enable=enable or "pass")],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=workdir,
+            )
+            probe = json.loads(out.stdout.strip().splitlines()[-1])
+            times.append(probe["seconds"])
+            loaded = probe["loaded"]
+        if not enable:
+            section.targets.append(
+                ("both off imports neither library", not loaded, ", ".join(loaded) or "neither")
+            )
+        section.rows.append(
+            [
+                f"first call in a fresh process, {name}",
+                _median(times) * 1e6,
+                "",
+                "imports " + (", ".join(loaded) or "neither library"),
+                "",
+            ]
+        )
     section.notes.append(
         f"{n:,} calls a batch, {repeats} interleaved batches in one run, medians; the verified "
         "path (one attempt). Hooks are given with `@observed`, outermost. Tracing records to "
         "the OTel SDK with a SimpleSpanProcessor into an in-memory exporter (cleared after each "
         "batch, inside the timing); 'no SDK' is the API's no-op tracer, where the hook opens a "
         "non-recording span and steps aside. Metrics record into a fresh CollectorRegistry or "
-        "an SDK MeterProvider. With neither enabled, neither library is imported (tested in "
-        "tests/test_observability.py)."
+        "an SDK MeterProvider. The last rows time, in a fresh interpreter, importing qwed_guard "
+        "and its hook modules, enabling one, and one guarded call (also in "
+        "tests/test_observability.py: with both off neither library is imported)."
     )
     section.data = {"seconds_per_call": samples, "medians": medians, "calls_per_batch": n}
     return section
