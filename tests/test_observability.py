@@ -839,3 +839,40 @@ def test_policy_sections_off_and_invalid() -> None:
     assert "tracing.colour" in text
     assert "metrics.backend" in text
     assert "metrics.registry" in text
+
+
+# --- the openai SDK's own spans ----------------------------------------------------------------
+
+
+@pytest.mark.sim(script=["503", "ok", "ok"])
+def test_the_openai_sdks_spans_nest_under_the_attempt_that_made_them(
+    simulated_llm: Any, fake_clock: FakeClock
+) -> None:
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    from qwed_guard import guarded_client
+
+    made = Spans()
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=made.provider)
+    try:
+        client = guarded_client(base_url=simulated_llm.base_url, model=simulated_llm.model)
+
+        @observed(made.hook)
+        @retry(max_tries=3, jitter=None)
+        def verify(query: str) -> Any:
+            return client.verify_math(query)
+
+        assert verify("What is 2 + 2?").verified
+    finally:
+        instrumentor.uninstrument()
+    (root,) = made.roots()
+    first, second = made.children(root)
+    assert first.attributes["qwed_guard.outcome"] == "transient"  # type: ignore[index]
+    assert first.attributes["http.response.status_code"] == 503  # type: ignore[index]
+    assert second.attributes["qwed_guard.outcome"] == "verified"  # type: ignore[index]
+    model = simulated_llm.model
+    # verify_math asks twice (the number, then the SymPy code); the 503 ended the first attempt
+    assert [s.name for s in made.children(first)] == [f"chat {model}"]
+    assert [s.name for s in made.children(second)] == [f"chat {model}", f"chat {model}"]
+    assert len(made.finished()) == 6
