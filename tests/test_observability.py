@@ -816,6 +816,16 @@ def test_policy_sections_attach_tracing_and_metrics(fake_clock: FakeClock) -> No
     assert [(s.labels["retried"], s.value) for s in calls] == [("true", 1.0)]
     assert 'qwed_guard_policy_test_call_duration_seconds_bucket{function="' in text
     assert 'le="0.5"' in text
+    audited_policy = Policy.from_dict(
+        {"audited": {"sink": "memory:"}, "retry": {"max_tries": 1}, "tracing": {}}
+    )
+    traced = audited_policy(replies(OK))
+    traced("q")
+    sink = traced.find_layer("audited").sink
+    records = sink.records
+    assert len(records) == 2
+    assert all(r["traceparent"].startswith("00-") for r in records)  # the trace, in the trail
+    assert all(r["policy"] == audited_policy.hash for r in records)
 
 
 def test_policy_sections_off_and_invalid() -> None:

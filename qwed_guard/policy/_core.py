@@ -666,8 +666,7 @@ class Policy:
 
     def wrap_with(self, fn: F, rules: VerdictRules | None) -> F:
         """Apply the stack to `fn` with these verdict rules instead of the policy's own."""
-        hooks = self._observers + self._hooks
-        wrapped: Any = guard(fn, ObserverLayer(hooks)) if hooks else fn
+        wrapped: Any = guard(fn, ObserverLayer(self._hooks)) if self._hooks else fn
         for index in range(len(self._order) - 1, -1, -1):
             name = self._order[index]
             # The outermost layer stamps the hash on each call, for audit records and alerts.
@@ -682,6 +681,9 @@ class Policy:
             except ParameterError as exc:  # a layer that refuses this function (sync timeout)
                 path = f"{name}.{exc.param}: {exc.problem}"
                 raise PolicyError(f"cannot apply policy: {path}", [path]) from None
+        if self._observers:
+            # Outermost: tracing starts before the audit trail's watcher, which records its trace.
+            wrapped = guard(wrapped, ObserverLayer(self._observers), policy_hash=self._hash)
         result: F = wrapped
         return result
 
