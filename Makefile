@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make demo METRICS=9464` also serves the run's Prometheus metrics on 127.0.0.1:9464.
+METRICS ?=
 demo: $(STAMP)
-	$(BIN)/qwed-guard demo
+	$(BIN)/qwed-guard demo $(if $(METRICS),--metrics $(METRICS) --pace 30)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qwed_guard tests scripts docs/hooks $(wildcard benchmarks)

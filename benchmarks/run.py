@@ -939,6 +939,144 @@ def _fleet(quick: bool, workdir: Path) -> Section:
     return result
 
 
+# ------------------------------------------------------------------------ 8. observability
+
+
+_OBSERVE_PROBE = """
+import sys, time, json
+started = time.perf_counter()
+import qwed_guard.metrics as metrics, qwed_guard.tracing as tracing
+from qwed_guard import retry
+{enable}
+retry(max_tries=1)(lambda q: {{"verified": True, "value": 1}})("q")
+elapsed = time.perf_counter() - started
+loaded = sorted({{m.split(".")[0] for m in sys.modules
+    if m.startswith(("opentelemetry", "prometheus_client"))}})
+print(json.dumps({{"seconds": elapsed, "loaded": loaded}}))
+"""
+
+
+def observability(quick: bool, workdir: Path) -> Section:
+    """Per-call cost of the tracing and metrics hooks, side by side with both off, one run."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import NoOpTracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from qwed_guard import observed, retry
+    from qwed_guard.metrics import Metrics
+    from qwed_guard.tracing import Tracing
+
+    n = 2_000 if quick else 10_000
+    repeats = 5 if quick else 9
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    hooks: dict[str, tuple[Any, ...]] = {
+        "both off": (),
+        "metrics (prometheus-client)": (Metrics(registry=CollectorRegistry()),),
+        "metrics (OTel SDK meter)": (
+            Metrics(
+                backend="otel",
+                meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            ),
+        ),
+        "tracing (OTel SDK, in-memory exporter)": (Tracing(tracer_provider=provider),),
+        "tracing (OTel API, no SDK)": (Tracing(tracer_provider=NoOpTracerProvider()),),
+        "tracing + metrics": (
+            Tracing(tracer_provider=provider),
+            Metrics(registry=CollectorRegistry()),
+        ),
+    }
+    contenders: dict[str, tuple[Callable[[], None], int, Callable[[], None] | None]] = {}
+    stacks = {
+        "@retry": lambda: retry(max_tries=3)(verify),
+        "full stack, memory audit": lambda: production_stack(verify, "memory:"),
+    }
+    for stack, build in stacks.items():
+        for name, chosen in hooks.items():
+            fn = build()
+            layer = fn.find_layer("audited")
+            if chosen:
+                fn = observed(*chosen)(fn)  # outermost: tracing starts before the audit trail
+
+            def after(layer: Any = layer) -> None:
+                exporter.clear()
+                if layer is not None:
+                    layer.sink.flush()
+                    layer.sink.clear()
+
+            contenders[f"{stack}, {name}"] = (lambda fn=fn: fn(QUERY), n, after)
+    for call, _, after in contenders.values():
+        for _ in range(50):
+            call()
+        if after is not None:
+            after()
+    samples = _interleaved(contenders, repeats)
+    medians = {name: _median(values) for name, values in samples.items()}
+    section = Section(
+        "observability",
+        "8. Observability: per-call cost of tracing and metrics",
+        ["stack, hooks", "per call (us)", "added (us)", "x off", "spread (us)"],
+    )
+    for stack in stacks:
+        off = medians[f"{stack}, both off"]
+        for name in hooks:
+            key = f"{stack}, {name}"
+            value = medians[key]
+            spread = (max(samples[key]) - min(samples[key])) * 1e6
+            added = (value - off) * 1e6
+            section.rows.append([key, value * 1e6, added, f"{value / off:.2f}x", spread])
+    # What enabling costs once per process, and that nothing is paid with both off.
+    probes = {
+        "both off (import the hook modules, one call)": "",
+        "metrics on (prometheus-client)": "metrics.enable()",
+        "tracing on (OTel API)": "tracing.enable()",
+    }
+    for name, enable in probes.items():
+        times: list[float] = []
+        loaded: list[str] = []
+        for _ in range(3 if quick else 7):
+            out = subprocess.run(
+                [sys.executable, "-c", _OBSERVE_PROBE.format(enable=enable or "pass")],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=workdir,
+            )
+            probe = json.loads(out.stdout.strip().splitlines()[-1])
+            times.append(probe["seconds"])
+            loaded = probe["loaded"]
+        if not enable:
+            section.targets.append(
+                ("both off imports neither library", not loaded, ", ".join(loaded) or "neither")
+            )
+        section.rows.append(
+            [
+                f"first call in a fresh process, {name}",
+                _median(times) * 1e6,
+                "",
+                "imports " + (", ".join(loaded) or "neither library"),
+                "",
+            ]
+        )
+    section.notes.append(
+        f"{n:,} calls a batch, {repeats} interleaved batches in one run, medians; the verified "
+        "path (one attempt). Hooks are given with `@observed`, outermost. Tracing records to "
+        "the OTel SDK with a SimpleSpanProcessor into an in-memory exporter (cleared after each "
+        "batch, inside the timing); 'no SDK' is the API's no-op tracer, where the hook opens a "
+        "non-recording span and steps aside. Metrics record into a fresh CollectorRegistry or "
+        "an SDK MeterProvider. The last rows time, in a fresh interpreter, importing qwed_guard "
+        "and its hook modules, enabling one, and one guarded call (also in "
+        "tests/test_observability.py: with both off neither library is imported)."
+    )
+    section.data = {"seconds_per_call": samples, "medians": medians, "calls_per_batch": n}
+    return section
+
+
 SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
     "overhead": overhead,
     "audit": audit_throughput,
@@ -947,6 +1085,7 @@ SECTIONS: dict[str, Callable[[bool, Path], Section]] = {
     "memory": memory,
     "amplification": amplification,
     "fleet": _fleet,
+    "observability": observability,
 }
 
 

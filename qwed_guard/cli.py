@@ -47,6 +47,13 @@ def _demo(args: argparse.Namespace) -> int:
     options = _sim_options(args, "demo")
     if options is None:
         return 2
+    server = None
+    if args.metrics is not None:
+        try:
+            server = _serve_metrics(args.metrics)
+        except (OSError, ValueError) as exc:
+            print(f"qwed-guard demo: error: --metrics {args.metrics}: {exc}", file=sys.stderr)
+            return 2
     try:
         summary = run_demo(
             client=args.client,
@@ -66,6 +73,9 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"qwed-guard demo: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if server is not None:
+            server.close()
     where = args.base_url or f"simulator, profile {args.profile}, seed {args.seed}"
     if args.client == "hosted":
         where = f"hosted, {where}"
@@ -97,6 +107,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _serve_metrics(port: int) -> Any:
+    """Count the demo's calls into prometheus-client's registry and serve them on `port`."""
+    import qwed_guard.metrics as metrics
+
+    metrics.enable()
+    server = metrics.serve(port)
+    print(f"qwed-guard demo: Prometheus metrics at {server.url}", file=sys.stderr, flush=True)
+    return server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="qwed-guard-demo.audit.jsonl",
         metavar="PATH",
         help="the audit trail to append to (default qwed-guard-demo.audit.jsonl)",
+    )
+    demo.add_argument(
+        "--metrics",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics of the run on 127.0.0.1:PORT while it runs "
+        "(needs prometheus-client; --pace stretches the run)",
     )
     _add_rate_flags(demo)
     demo.set_defaults(run=_demo)

@@ -77,6 +77,7 @@ class CallContext:
         "replies",
         "rules",
         "started",
+        "traceparent",
         "wait_before",
         "wire",
     )
@@ -113,6 +114,8 @@ class CallContext:
         """What the guarded client keeps of this call's HTTP replies, for its next attempts."""
         self.rules: VerdictRules = DEFAULT_RULES
         """How this call's results are judged (the stack's `verdict=`)."""
+        self.traceparent: str | None = None
+        """The call's W3C trace context, set by the tracing hook; audit records carry it."""
 
     @property
     def call_id(self) -> str:

@@ -13,6 +13,11 @@ call closed once the call has ended.
 
 Nothing is built for a call nobody watches. A watcher may name, in `ignores`, the event types
 it has no use for; when every watcher of a call ignores one, it is not even built.
+
+Some things happen outside any call: an alert delivered by a channel's worker thread, audit
+records committed by a sink's writer, the shared state store degraded. They go to *listeners*
+(`add_listener`), process-wide, as `AlertDelivered`, `AuditCommitted` and `StoreDegraded`;
+with nobody listening they cost one check of `listeners`.
 """
 
 from __future__ import annotations
@@ -28,22 +33,31 @@ if TYPE_CHECKING:
     from qwed_guard.context import CallContext
 
 __all__ = [
+    "AlertDelivered",
     "AlertSent",
     "Attempt",
     "AttemptEnded",
     "AttemptStarted",
+    "AuditCommitted",
     "BreakerChanged",
     "CallEnded",
     "Event",
     "FallbackUsed",
     "GaveUp",
     "Hook",
+    "Listener",
+    "ProcessEvent",
     "RetryScheduled",
+    "StoreDegraded",
     "Watcher",
     "add_hook",
+    "add_listener",
+    "emit",
     "lazy",
+    "listeners",
     "process_hooks",
     "remove_hook",
+    "remove_listener",
 ]
 
 
@@ -230,3 +244,90 @@ def remove_hook(hook: Hook) -> None:
 def process_hooks() -> tuple[Hook, ...]:
     """The hooks added with `add_hook`, in order."""
     return _process
+
+
+# --- process events: what happens outside any call -------------------------------------
+
+
+class AlertDelivered(NamedTuple):
+    """A channel's worker thread finished with an alert (or dropped it)."""
+
+    channel: str
+    """The channel's name (`slack`, `webhook`, ...)."""
+    result: str
+    """`sent`, `failed` (given up) or `dropped` (queue full, or at shutdown)."""
+    alerts: int = 1
+    """How many alerts this reports (several dropped at shutdown)."""
+
+    @property
+    def kind(self) -> str:
+        return "alert_delivered"
+
+
+class AuditCommitted(NamedTuple):
+    """A chained sink committed records (the caller's thread, or its group-commit writer)."""
+
+    sink: str
+    """The sink's kind: `jsonl`, `sqlite`, `postgres`."""
+    fsync: str
+    """Its fsync mode: `always`, `batch` or `none`."""
+    events: tuple[str, ...]
+    """The `event` field of each record committed (`attempt`, `call`)."""
+    duration: float
+    """Seconds the commit took, fsync included."""
+
+    @property
+    def kind(self) -> str:
+        return "audit_committed"
+
+
+class StoreDegraded(NamedTuple):
+    """The shared state store became unreachable (`degraded`) or reachable again."""
+
+    store: str
+    """The store's kind (`redis`)."""
+    degraded: bool
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return "store_degraded"
+
+
+ProcessEvent = AlertDelivered | AuditCommitted | StoreDegraded
+Listener = Callable[[ProcessEvent], None]
+
+listeners: tuple[Listener, ...] = ()
+"""The listeners of process events. Emitters check it before they build an event."""
+
+
+def add_listener(listener: Listener) -> Listener:
+    """Receive every process event (`AlertDelivered`, ...); returns it (for `remove_listener`)."""
+    global listeners
+    if not callable(listener):
+        raise TypeError(f"a listener is a callable, got {type(listener).__name__}")
+    with _process_lock:
+        listeners = (*listeners, listener)
+    return listener
+
+
+def remove_listener(listener: Listener) -> None:
+    """Stop a listener given to `add_listener` (one not added is ignored)."""
+    global listeners
+    with _process_lock:
+        listeners = tuple(item for item in listeners if item is not listener)
+
+
+def emit(event: ProcessEvent) -> None:
+    """Hand a process event to every listener; a listener's error is logged, never raised."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception as exc:
+            from loguru import logger
+
+            from qwed_guard.redact import scrub
+
+            name = getattr(listener, "__qualname__", type(listener).__qualname__)
+            text = f"qwed_guard listener {name} failed: {type(exc).__name__}: {exc}"
+            logger.error("{}", scrub(text))

@@ -20,6 +20,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 
+from qwed_guard import hooks as _hooks
 from qwed_guard.alerts.channels.base import Channel, DeliveryError
 from qwed_guard.alerts.record import Alert
 from qwed_guard.errors import bad_parameter
@@ -116,6 +117,8 @@ class Worker:
         with self._cond:
             if len(self._items) >= self.queue_size:
                 self.dropped += 1
+                if _hooks.listeners:
+                    _hooks.emit(_hooks.AlertDelivered(self.channel.name, "dropped"))
                 now = time.monotonic()
                 log_drop = now - self._last_drop_log >= _DROP_LOG_INTERVAL
                 if log_drop:
@@ -189,6 +192,8 @@ class Worker:
     def _count(self, name: str, n: int = 1) -> None:
         with self._cond:
             setattr(self, name, getattr(self, name) + n)
+        if _hooks.listeners and name != "attempts":
+            _hooks.emit(_hooks.AlertDelivered(self.channel.name, name, n))
 
     def _run(self) -> None:
         lost = 0

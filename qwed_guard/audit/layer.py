@@ -185,6 +185,7 @@ class _Call:
         "layer",
         "policy",
         "query",
+        "traceparent",
     )
     ignores = _QUIET_EVENTS
 
@@ -196,6 +197,7 @@ class _Call:
         self.last: tuple[Any, Read] | None = None
         self.held: Callable[[], dict[str, Any]] | None = None
         self.policy = ctx.policy_hash
+        self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
         query = layer._query.find(ctx.args, ctx.kwargs)
         self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
         self.fields = jsonable(ctx.fields) if ctx.fields else None
@@ -308,6 +310,8 @@ class _Call:
                 "qwed": qwed_version,
                 "qwed_guard": guard_version,
             }
+            if self.traceparent is not None:
+                common["traceparent"] = self.traceparent
         return common
 
     def _attempt_record(

@@ -70,6 +70,8 @@ FIELDS: dict[str, str] = {
     "events": "call records: other things layers reported (breaker changes, alerts, ...)",
     "context": "audit_context(...) fields merged with the decorator's context=",
     "policy": "hash of the policy the guard was built from, if any",
+    "traceparent": "the call's W3C trace context ('00-<trace id>-<span id>-<flags>'), only "
+    "when tracing is on",
     "qwed": "installed qwed version",
     "qwed_guard": "installed qwed_guard version",
     "prev_hash": "hash of the previous record ('0' * 64 for the first)",

@@ -53,10 +53,15 @@ SCHEMA_KEY: Final = "$schema"
 
 
 def section_spec(name: str) -> Section:
-    return VERDICT_SPEC if name == VERDICT else SECTIONS[name]
+    return VERDICT_SPEC if name == VERDICT else OBSERVERS.get(name) or SECTIONS[name]
 
 
-_TOP_KEYS: Final = (*CANONICAL_ORDER, VERDICT, *OPTIONS)
+# Not layers either: hooks watching every call of the stack (docs: observability).
+OBSERVERS: Final[dict[str, Section]] = {
+    "tracing": Section("qwed_guard.tracing", "Tracing"),
+    "metrics": Section("qwed_guard.metrics", "Metrics"),
+}
+_TOP_KEYS: Final = (*CANONICAL_ORDER, VERDICT, *OBSERVERS, *OPTIONS)
 _MAX_DEPTH: Final = 32
 _MAX_NODES: Final = 100_000  # YAML aliases can make a small file a huge (or endless) value
 
@@ -221,7 +226,7 @@ def layer_class(name: str) -> type[Layer]:
         raise LookupError(f"not available: this qwed_guard has no {section.module} module")
     module = importlib.import_module(section.module)
     cls = getattr(module, section.cls, None)
-    if name == VERDICT and isinstance(cls, type):
+    if (name == VERDICT or name in OBSERVERS) and isinstance(cls, type):
         return cls  # built like a layer, applied to the whole stack
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise LookupError(f"not available: {section.module} defines no {section.cls} layer")
@@ -449,7 +454,16 @@ class Policy:
     that data.
     """
 
-    __slots__ = ("_canonical", "_data", "_hash", "_hooks", "_layers", "_order", "_rules")
+    __slots__ = (
+        "_canonical",
+        "_data",
+        "_hash",
+        "_hooks",
+        "_layers",
+        "_observers",
+        "_order",
+        "_rules",
+    )
 
     _canonical: str
     _data: dict[str, Any]
@@ -458,6 +472,7 @@ class Policy:
     _rules: VerdictRules | None
     _order: tuple[str, ...]
     _hooks: tuple[Hook, ...]
+    _observers: tuple[Hook, ...]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         problems = _Problems()
@@ -468,7 +483,9 @@ class Policy:
         for key in data:
             if key in SECTIONS:
                 sections.append(key)
-            elif key != VERDICT and key not in OPTIONS and key != SCHEMA_KEY:
+            elif (
+                key != VERDICT and key not in OPTIONS and key != SCHEMA_KEY and key not in OBSERVERS
+            ):
                 problems.add(str(key), _unknown(key, _TOP_KEYS))
         normalized: dict[str, Any] = {}
         layers: dict[str, Layer] = {}
@@ -480,6 +497,11 @@ class Policy:
         rules: Any = None
         if VERDICT in data:
             normalized[VERDICT], rules = _build_section(VERDICT, data[VERDICT], problems)
+        observers: list[Any] = []
+        for name in OBSERVERS:
+            if name in data:
+                normalized[name], observer = _build_section(name, data[name], problems)
+                observers.append(observer)
         allow = data.get("allow_unusual_order", False)
         if not isinstance(allow, bool):
             problems.add("allow_unusual_order", f"must be true or false, got {allow!r}")
@@ -502,6 +524,7 @@ class Policy:
         setattr_(self, "_rules", rules)
         setattr_(self, "_order", order)
         setattr_(self, "_hooks", ())
+        setattr_(self, "_observers", tuple(observers))
 
     # -- building -----------------------------------------------------------------------------
 
@@ -559,6 +582,8 @@ class Policy:
             lines[0] += "  [unusual order allowed]"
         if self._rules is not None:
             lines.append(f"  verdicts: {self._rules.describe()}")
+        for observer in self._observers:
+            lines.append(f"  watched by: {getattr(observer, 'describe', observer.__repr__)()}")
         for index, name in enumerate(self._order, 1):
             lines.append(f"  {index}. {self._layers[name].describe()}")
         lines.append(f"  {len(self._order) + 1}. the function" if self._order else "  (no layers)")
@@ -609,6 +634,9 @@ class Policy:
             except ParameterError as exc:  # a layer that refuses this function (sync timeout)
                 path = f"{name}.{exc.param}: {exc.problem}"
                 raise PolicyError(f"cannot apply policy: {path}", [path]) from None
+        if self._observers:
+            # Outermost: tracing starts before the audit trail's watcher, which records its trace.
+            wrapped = guard(wrapped, ObserverLayer(self._observers), policy_hash=self._hash)
         result: F = wrapped
         return result
 

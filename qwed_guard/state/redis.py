@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from qwed_guard import clock
+from qwed_guard import hooks as _hooks
 from qwed_guard.outcomes import scrub
 from qwed_guard.state.base import Change, State
 from qwed_guard.state.memory import MemoryStore
@@ -307,6 +308,8 @@ class RedisStore:
             self.probe_interval,
         )
         self._notify(self._on_degraded, reason)
+        if _hooks.listeners:
+            _hooks.emit(_hooks.StoreDegraded("redis", True, reason))
 
     def _recover(self) -> None:
         if not self._degraded:
@@ -320,6 +323,8 @@ class RedisStore:
 
         logger.info("qwed_guard state: Redis at {} reachable again; shared state in use", self.url)
         self._notify(self._on_recovered, self.url)
+        if _hooks.listeners:
+            _hooks.emit(_hooks.StoreDegraded("redis", False, "reachable again"))
 
     def _notify(self, listeners: list[Listener], text: str) -> None:
         for listener in list(listeners):

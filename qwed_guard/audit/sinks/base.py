@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from qwed_guard import clock
+from qwed_guard import hooks as _hooks
 from qwed_guard.audit.chain import Key, checkpoint_record, genesis_record
 from qwed_guard.audit.record import seal
 from qwed_guard.errors import AuditError, bad_parameter
@@ -130,6 +131,13 @@ def check_options(**options: Any) -> None:
     from qwed_guard.options import check
 
     check(AuditOptions, options)
+
+
+def _committed(sink: ChainedSink, records: Sequence[dict[str, Any]], started: float) -> None:
+    """Tell the process listeners (metrics) that `records` were committed."""
+    events = tuple(str(record.get("event")) for record in records)
+    duration = time.perf_counter() - started
+    _hooks.emit(_hooks.AuditCommitted(sink.kind, sink.fsync, events, duration))
 
 
 _live: weakref.WeakSet[ChainedSink] = weakref.WeakSet()
@@ -282,7 +290,12 @@ class ChainedSink:
             with self._write_lock:
                 if self._closed:
                     raise AuditError(f"{self.describe()}: the sink is closed")
-                self._commit(built(records), self.fsync == "always")
+                started = time.perf_counter()
+                ready = built(records)
+                appended = len(ready)
+                self._commit(ready, self.fsync == "always")
+            if _hooks.listeners:  # the sink may have put a genesis or repair record first
+                _committed(self, ready[len(ready) - appended :], started)
             return
         with self._lock:
             if self._error is not None:
@@ -401,11 +414,15 @@ class ChainedSink:
                 self._inflight = len(batch)
             try:
                 with self._write_lock:
-                    self._commit(built(batch), True)
+                    started, appended = time.perf_counter(), len(batch)
+                    records = built(batch)
+                    self._commit(records, True)
             except BaseException as exc:  # kept, and raised to the next caller: fail closed
                 with cond:
                     self._fail_pending(exc)
                 return
+            if _hooks.listeners:  # the sink may have put a genesis or repair record first
+                _committed(self, records[len(records) - appended :], started)
             with cond:
                 self._inflight = 0
                 cond.notify_all()
