@@ -44,3 +44,10 @@ def find_spec(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def code_object(value: Any) -> tuple[str, bool] | None:
+    """An object given in code (a provider, a registry): plain data cannot be one."""
+    if isinstance(value, (str, int, float, list, dict)):
+        return "is an object given in code, not policy data", True
+    return None

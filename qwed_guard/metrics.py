@@ -28,10 +28,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from qwed_guard import clock
-from qwed_guard._observe import call_outcome, call_source, find_spec
+from qwed_guard._observe import call_outcome, call_source, code_object, find_spec
 from qwed_guard.errors import bad_parameter
 from qwed_guard.hooks import (
     AlertDelivered,
@@ -52,6 +53,7 @@ from qwed_guard.hooks import (
     remove_hook,
     remove_listener,
 )
+from qwed_guard.options import Options, choice, data, flag, options_from, seconds_list, text
 from qwed_guard.outcomes import Outcome
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ __all__ = [
     "INSTRUMENTS",
     "Instrument",
     "Metrics",
+    "MetricsOptions",
     "MetricsServer",
     "disable",
     "enable",
@@ -345,37 +348,35 @@ def _prefix(value: Any) -> str:
     return value
 
 
-class Metrics:
-    """A hook that counts and times every call it watches.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsOptions(Options):
+    """The metrics hook's parameters (a policy's `metrics` section)."""
 
-    Args:
-        enabled: False makes the hook watch nothing (a policy's `metrics: {enabled: false}`).
-        backend: `"prometheus"` (prometheus-client) or `"otel"` (an OpenTelemetry meter).
-        prefix: the instruments' prefix (`qwed_guard`: `qwed_guard_calls_total`).
-        buckets: the duration histograms' bucket bounds, seconds (5 ms to 300 s by default).
-        registry: a `prometheus_client.CollectorRegistry` (the default registry when None).
-        meter_provider: an OpenTelemetry `MeterProvider` (the global one when None).
-    """
+    enabled: bool = flag(True, "False watches nothing (`metrics: {enabled: false}`).")
+    backend: str = choice("prometheus", BACKENDS, "prometheus-client, or an OpenTelemetry meter.")
+    prefix: str = text("qwed_guard", "The instruments' prefix (`qwed_guard_calls_total`).")
+    buckets: Sequence[float] = seconds_list(
+        DEFAULT_BUCKETS, 86400.0, 100, "The duration histograms' bucket bounds, seconds."
+    )
+    registry: Any = data(
+        None, "A prometheus_client CollectorRegistry (code only).", test=code_object
+    )
+    meter_provider: Any = data(
+        None, "An OpenTelemetry MeterProvider (code only).", test=code_object
+    )
+
+
+class Metrics:
+    """A hook that counts and times every call it watches; parameters: `MetricsOptions`
+    (keywords, or the options object)."""
 
     kind = "metrics"
+    options_type = MetricsOptions
 
-    def __init__(
-        self,
-        *,
-        enabled: bool = True,
-        backend: str = "prometheus",
-        prefix: str = "qwed_guard",
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-        registry: Any = None,
-        meter_provider: Any = None,
-    ) -> None:
-        if not isinstance(enabled, bool):
-            raise bad_parameter("enabled", f"must be true or false, got {enabled!r}")
-        if backend not in BACKENDS:
-            raise bad_parameter("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        for name, given in (("registry", registry), ("meter_provider", meter_provider)):
-            if isinstance(given, (str, int, float, list, dict)):
-                raise bad_parameter(name, "is an object given in code, not policy data")
+    def __init__(self, options: MetricsOptions | None = None, /, **params: Any) -> None:
+        o = options_from(MetricsOptions, options, params)
+        enabled, backend, prefix, buckets = o.enabled, o.backend, o.prefix, o.buckets
+        registry, meter_provider = o.registry, o.meter_provider
         self.enabled = enabled
         self.backend = backend
         self.prefix = _prefix(prefix)

@@ -21,9 +21,10 @@ Attributes never carry the query, the call id or audit fields.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qwed_guard._observe import call_outcome, call_source, error_type, find_spec
+from qwed_guard._observe import call_outcome, call_source, code_object, error_type, find_spec
 from qwed_guard.errors import bad_parameter
 from qwed_guard.hooks import (
     AlertSent,
@@ -38,11 +39,19 @@ from qwed_guard.hooks import (
     add_hook,
     remove_hook,
 )
+from qwed_guard.options import STRING, Options, Why, data, flag, options_from
 
 if TYPE_CHECKING:
     from qwed_guard.context import CallContext
 
-__all__ = ["DEFAULT_ATTEMPT_SPAN", "DEFAULT_CALL_SPAN", "Tracing", "disable", "enable"]
+__all__ = [
+    "DEFAULT_ATTEMPT_SPAN",
+    "DEFAULT_CALL_SPAN",
+    "Tracing",
+    "TracingOptions",
+    "disable",
+    "enable",
+]
 
 DEFAULT_CALL_SPAN = "verify {function}"
 DEFAULT_ATTEMPT_SPAN = "attempt {function}"
@@ -74,41 +83,49 @@ def _load() -> _Otel:
     return _otel
 
 
-def _template(param: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise bad_parameter(param, f"must be a non-empty string, got {value!r}", wrong_type=True)
+def _span_name(value: Any) -> Why:
+    """A span name template: text that may use `{function}` and nothing else."""
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a non-empty string, got {value!r}", not isinstance(value, str)
     try:
         value.format(function="f")
     except (KeyError, IndexError, ValueError) as exc:
-        raise bad_parameter(param, f"may use only {{function}}, got {value!r} ({exc})") from None
-    return value
+        return f"may use only {{function}}, got {value!r} ({exc})", False
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracingOptions(Options):
+    """The tracing hook's parameters (a policy's `tracing` section)."""
+
+    enabled: bool = flag(True, "False watches nothing (`tracing: {enabled: false}`).")
+    call_span: str = data(
+        DEFAULT_CALL_SPAN,
+        "The call span's name; `{function}` is the function's name.",
+        STRING,
+        test=_span_name,
+    )
+    attempt_span: str = data(
+        DEFAULT_ATTEMPT_SPAN, "Each attempt span's name.", STRING, test=_span_name
+    )
+    tracer_provider: Any = data(
+        None, "Where spans go (code only); the global provider if unset.", test=code_object
+    )
 
 
 class Tracing:
-    """A hook that traces every call it watches with OpenTelemetry.
-
-    Args:
-        enabled: False makes the hook watch nothing (a policy's `tracing: {enabled: false}`).
-        call_span: the call span's name; `{function}` is the function's qualified name.
-        attempt_span: each attempt span's name.
-        tracer_provider: where spans go; the global provider when None.
-    """
+    """A hook that traces every call it watches with OpenTelemetry; parameters:
+    `TracingOptions` (keywords, or the options object)."""
 
     kind = "tracing"
+    options_type = TracingOptions
 
-    def __init__(
-        self,
-        *,
-        enabled: bool = True,
-        call_span: str = DEFAULT_CALL_SPAN,
-        attempt_span: str = DEFAULT_ATTEMPT_SPAN,
-        tracer_provider: Any = None,
-    ) -> None:
-        if not isinstance(enabled, bool):
-            raise bad_parameter("enabled", f"must be true or false, got {enabled!r}")
+    def __init__(self, options: TracingOptions | None = None, /, **params: Any) -> None:
+        o = options_from(TracingOptions, options, params)
+        enabled, tracer_provider = o.enabled, o.tracer_provider
         self.enabled = enabled
-        self.call_span = _template("call_span", call_span)
-        self.attempt_span = _template("attempt_span", attempt_span)
+        self.call_span = o.call_span
+        self.attempt_span = o.attempt_span
         if enabled and tracer_provider is None and not find_spec("opentelemetry.trace"):
             raise bad_parameter(
                 "enabled", "needs opentelemetry-api: pip install 'qwed-guard[otel]'"

@@ -12,6 +12,7 @@ from typing import Any
 
 from qwed_guard.options import declared, has_default, spec_of
 from qwed_guard.policy._core import (
+    OBSERVERS,
     SCHEMA_KEY,
     declaration,
     default_data,
@@ -52,7 +53,9 @@ def _summary(name: str) -> str:
     """The first line of the decorator's docstring (or the verdict rules')."""
     section = section_spec(name)
     module = importlib.import_module(section.module)
-    documented = getattr(module, section.cls if name == VERDICT else name, None)
+    documented = getattr(
+        module, section.cls if name == VERDICT or name in OBSERVERS else name, None
+    )
     doc = (getattr(documented, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else name
 
@@ -65,7 +68,7 @@ def json_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {
         SCHEMA_KEY: {"type": "string", "description": "This schema's location (for editors)."}
     }
-    for name in (*CANONICAL_ORDER, VERDICT):
+    for name in (*CANONICAL_ORDER, VERDICT, *OBSERVERS):
         properties[name] = {
             "description": _summary(name),
             **section_schema(declaration(layer_class(name))),
