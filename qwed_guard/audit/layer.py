@@ -174,6 +174,8 @@ class _Call:
     """
 
     __slots__ = (
+        "attested",
+        "call_id",
         "common",
         "ctx",
         "events",
@@ -191,7 +193,10 @@ class _Call:
 
     def __init__(self, layer: AuditLayer, ctx: CallContext) -> None:
         self.layer = layer
-        self.ctx = ctx
+        self.ctx: CallContext | None = ctx
+        """Until the call ends: the records built later hold only what they need."""
+        self.call_id = ctx.call_id
+        self.attested = ctx.rules.require_attestation
         self.events: list[Event] = []
         self.failure: BaseException | None = None
         self.last: tuple[Any, Read] | None = None
@@ -203,10 +208,6 @@ class _Call:
         self.fields = jsonable(ctx.fields) if ctx.fields else None
         self.common: dict[str, Any] | None = None
         self.hidden: tuple[str, str] | None = None
-
-    @property
-    def call_id(self) -> str:
-        return self.ctx.call_id
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
@@ -230,6 +231,7 @@ class _Call:
 
     def finish(self, ended: CallEnded) -> None:
         ctx = self.ctx
+        assert ctx is not None, "a call ends once"
         result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
         reason: str | None = None
         exception: str | None = None
@@ -273,6 +275,7 @@ class _Call:
             token,
         )
         held = self.held
+        self.ctx = self.last = self.held = None  # let the call go; the builders need none of it
         self.layer._write(self, (call,) if held is None else (held, call))
         if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
             self.raise_if_failed()
@@ -340,7 +343,7 @@ class _Call:
         if attempt.reused:  # only on attempts that took replies from an earlier one
             record["reused"] = attempt.reused
         if token is not None:
-            checked = verified and self.ctx.rules.require_attestation
+            checked = verified and self.attested
             record["attestation"] = attestation_summary(token, checked=checked)
         return record
 
@@ -391,7 +394,7 @@ class _Call:
             }
         )
         if token is not None:
-            checked = verified and self.ctx.rules.require_attestation
+            checked = verified and self.attested
             record["attestation"] = attestation_summary(token, checked=checked)
         return record
 
