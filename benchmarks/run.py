@@ -1015,7 +1015,7 @@ def observability(quick: bool, workdir: Path) -> Section:
             call()
         if after is not None:
             after()
-    samples = _interleaved(contenders, repeats)
+    samples, _, _ = _interleaved(contenders, repeats)
     medians = {name: _median(values) for name, values in samples.items()}
     section = Section(
         "observability",

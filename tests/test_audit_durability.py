@@ -354,3 +354,41 @@ def test_a_flush_asked_for_during_a_commit_does_not_wait_another_batch_window() 
     flusher.join()
     assert commits == [1, 1]
     sink.close()
+
+
+def test_a_writer_that_falls_behind_slows_the_callers_instead_of_growing_its_queue() -> None:
+    import threading
+
+    from qwed_guard.audit.sinks.base import ChainedSink
+
+    release = threading.Event()
+    committed: list[int] = []
+
+    class Stuck(ChainedSink):
+        def _commit(self, records: list[dict[str, Any]], durable: bool) -> None:
+            assert release.wait(5)
+            committed.append(len(records))
+
+    sink = Stuck(fsync="batch", batch_ms=1, batch_size=8)
+    limit = sink._high_water
+    done = threading.Event()
+
+    def produce() -> None:
+        for n in range(3 * limit):
+            sink.append([{"n": n}])
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    # The writer is stuck on its first batch: the producer fills the queue, then waits.
+    deadline = time.monotonic() + 5
+    while len(sink._pending) < limit and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(sink._pending) == limit
+    assert not done.wait(0.05), "append went on past the queue's bound"
+    release.set()
+    assert done.wait(10)
+    producer.join()
+    sink.flush()
+    assert sum(committed) == 3 * limit  # nothing lost
+    sink.close()

@@ -253,6 +253,8 @@ class ChainedSink:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pending: list[dict[str, Any] | RecordBuilder] = []
+        self._high_water = max(4 * self.batch_size, 1024)
+        """Records queued at most: beyond it `append` waits for the writer."""
         self._inflight = 0
         self._flushes = 0
         self._error: BaseException | None = None
@@ -304,6 +306,8 @@ class ChainedSink:
                 raise AuditError(f"{self.describe()}: the sink is closed")
             if self._thread is None:
                 self._start_writer()
+            if len(self._pending) >= self._high_water:
+                self._wait_for_room()
             pending = self._pending
             before = len(pending)
             pending.extend(records)
@@ -311,6 +315,29 @@ class ChainedSink:
             # on every append past that (the writer may not have run yet to take it).
             if not before or before < self.batch_size <= len(pending):
                 self._cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure, with the condition held: a writer that cannot keep up slows the
+        callers down rather than letting its queue (and the process's memory) grow."""
+        cond = self._cond
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while len(self._pending) >= self._high_water:
+            if self._error is not None:
+                raise AuditError(f"{self.describe()}: {self._error}") from self._error
+            if self._closing:
+                raise AuditError(f"{self.describe()}: the sink is closed")
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                self._fail_pending(AuditError("the writer thread ended unexpectedly"))
+                raise AuditError(f"{self.describe()}: the writer thread ended unexpectedly")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AuditError(
+                    f"{self.describe()}: the writer fell {len(self._pending)} records behind "
+                    f"for {FLUSH_TIMEOUT:g} s"
+                )
+            cond.notify_all()  # a full queue is a batch: the writer need not wait its window
+            cond.wait(min(remaining, 0.5))
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Return once every queued record is committed; raise `AuditError` if the writer
@@ -412,6 +439,7 @@ class ChainedSink:
                 served = self._flushes
                 batch, self._pending = self._pending, []
                 self._inflight = len(batch)
+                cond.notify_all()  # callers waiting for room in the queue
             try:
                 with self._write_lock:
                     started, appended = time.perf_counter(), len(batch)
