@@ -71,10 +71,15 @@ class CallOutcome(NamedTuple):
 
 
 class Deferred(NamedTuple):
-    """An `exit` that must await something (an async fallback handler) before it settles."""
+    """An `enter` or `exit` that must await something (an async fallback handler, a shared
+    state store) before it settles. Async calls only.
+
+    `settle(value, exception)` gets what `call()` returned or raised and returns what `enter`
+    or `exit` would have: for `enter` the layer's state or a `CallOutcome`, for `exit` a step.
+    """
 
     call: Callable[[], Awaitable[Any]]
-    settle: Callable[[Any, Exception | None], CallOutcome]
+    settle: Callable[[Any, Exception | None], Any]
 
 
 Step = CallOutcome | float | Deferred
@@ -306,6 +311,8 @@ async def _run_async(
         ctx.policy_hash = policy_hash
     try:
         state = layer.enter(ctx)
+        if type(state) is Deferred:
+            state = await _settle(state)
     except Exception as exc:
         return outcome_of(exc)
     if type(state) is CallOutcome:
@@ -333,7 +340,7 @@ async def _run_async(
         raise
 
 
-async def _settle(deferred: Deferred) -> CallOutcome:
+async def _settle(deferred: Deferred) -> Any:
     try:
         value = await deferred.call()
     except Exception as exc:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qwed_guard import clock
-from qwed_guard.breaker.breaker import Breaker
-from qwed_guard.breaker.machine import BreakerState, Rules, Ticket
+from qwed_guard.breaker.breaker import PENDING, Breaker
+from qwed_guard.breaker.machine import BreakerState, Rules, Ticket, Transition
 from qwed_guard.context import CallContext
 from qwed_guard.errors import QwedGuardError, bad_parameter, int_parameter
-from qwed_guard.layer import CallOutcome, Layer, end_attempt, guard
+from qwed_guard.layer import CallOutcome, Deferred, Layer, Step, end_attempt, guard
 from qwed_guard.outcomes import Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, StateStore, store_from_url
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
@@ -210,9 +212,23 @@ class CircuitBreakerLayer(Layer):
             parts.append("notify=" + ",".join(w.channel.name for w in self._workers))
         return "circuit_breaker(" + "; ".join(parts) + ")"
 
-    def enter(self, ctx: CallContext) -> Ticket | CallOutcome:
+    def enter(self, ctx: CallContext) -> Ticket | CallOutcome | Deferred:
         breaker = self.breaker
-        ticket = breaker.admit()
+        if ctx.is_async:
+            ticket = breaker.try_admit()
+            if ticket is None:  # the shared store must be awaited
+                return Deferred(breaker.aadmit, functools.partial(self._admitted, ctx))
+        else:
+            ticket = breaker.admit()
+        return self._admitted(ctx, ticket, None)
+
+    def _admitted(
+        self, ctx: CallContext, ticket: Ticket | None, exc: Exception | None
+    ) -> Ticket | CallOutcome:
+        if exc is not None:
+            raise exc
+        assert ticket is not None
+        breaker = self.breaker
         if ticket.kind == "rejected":
             started = clock.monotonic()  # no call: the attempt takes only this decision
             state = BreakerState.OPEN if ticket.retry_in is not None else BreakerState.HALF_OPEN
@@ -223,24 +239,57 @@ class CircuitBreakerLayer(Layer):
             breaker.announce(ctx, ticket.transition, None)
         return ticket
 
-    def exit(self, ctx: CallContext, state: Ticket, outcome: CallOutcome) -> CallOutcome:
-        self._report(ctx, state, outcome.diagnosis)
+    def exit(self, ctx: CallContext, state: Ticket, outcome: CallOutcome) -> Step:
+        diagnosis = outcome.diagnosis
+        failed, error = self._judge(diagnosis)
+        breaker = self.breaker
+        if ctx.is_async:
+            transition = breaker.try_report(state, failed, error)
+            if transition is PENDING:
+                return Deferred(
+                    functools.partial(breaker.areport, state, failed, error),
+                    functools.partial(self._reported, ctx, outcome),
+                )
+        else:
+            transition = breaker.report(state, failed, error)
+        if transition is not None:
+            breaker.announce(ctx, transition, diagnosis)
+        return outcome
+
+    def _reported(
+        self,
+        ctx: CallContext,
+        outcome: CallOutcome,
+        transition: Transition | None,
+        exc: Exception | None,
+    ) -> CallOutcome:
+        if exc is not None:
+            raise exc
+        if transition is not None:
+            self.breaker.announce(ctx, transition, outcome.diagnosis)
         return outcome
 
     def interrupted(self, ctx: CallContext, state: Ticket, exc: BaseException) -> None:
-        self._report(ctx, state, None)  # free a probe slot, count nothing
-
-    def _report(self, ctx: CallContext, ticket: Ticket, diagnosis: Diagnosis | None) -> None:
-        failed: bool | None = None
-        error: str | None = None
-        if diagnosis is not None and diagnosis.outcome is not Outcome.SHORT_CIRCUITED:
-            # A deterministic refusal is an answer: the provider worked.
-            failed = diagnosis.outcome in self.failure_on and not diagnosis.final
-            error = diagnosis.error
+        # Free a probe slot, count nothing. An async call does that without blocking its loop
+        # (the slot's lease frees it anyway should the loop stop first).
         breaker = self.breaker
-        transition = breaker.report(ticket, failed, error)
-        if transition is not None:
-            breaker.announce(ctx, transition, diagnosis)
+        if ctx.is_async:
+            if breaker.try_report(state, None, None) is PENDING:
+                task = asyncio.get_running_loop().create_task(breaker.areport(state, None, None))
+                _RELEASING.add(task)
+                task.add_done_callback(_RELEASING.discard)
+            return
+        breaker.report(state, None, None)
+
+    def _judge(self, diagnosis: Diagnosis) -> tuple[bool | None, str | None]:
+        if diagnosis.outcome is Outcome.SHORT_CIRCUITED:
+            return None, None  # a refusal by a breaker: not the provider's doing
+        # A deterministic refusal is an answer: the provider worked.
+        return diagnosis.outcome in self.failure_on and not diagnosis.final, diagnosis.error
+
+
+_RELEASING: set[asyncio.Task[Any]] = set()
+"""Probe slots being freed after a cancellation (a reference, so the task is not collected)."""
 
 
 @overload

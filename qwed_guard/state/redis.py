@@ -7,7 +7,20 @@
 JSON value under the key, runs the pure `change` on it, and writes the result back with a
 compare-and-set Lua script that succeeds only if the value is still the one read; otherwise it
 runs `change` again on the fresh value. So N processes updating one key behave as one process.
-A change that leaves the value as it was (the breaker's hot path) costs one GET and no write.
+A change that leaves the value as it was costs one GET and no write.
+
+`async def` code awaits the same operations on `redis.asyncio` (`aupdate`, `aget`, `aview`): one
+client per event loop, never a blocking call on the loop.
+
+The success path costs at most one round trip per guarded call. The store keeps a *view* of the
+keys it read recently: `view(key, max_age)` answers from it when it is at most `max_age` seconds
+old, and otherwise runs one Lua script that records the pending counter increments (`add`: a
+breaker's success count) and reads the key *and the other keys used in the last second* (the
+alerter's key of the same call). The layers ask for a view read during the call itself, or at
+most `cache` seconds old (`?cache=0.05`; default 0): with a cache a breaker opened by another
+process is seen up to `cache` seconds late, and a success can leave another process's failure
+streak unreset for as long. Changes (a failure, a transition) always go through the atomic
+compare-and-set.
 
 Keys live under a prefix (`qwed_guard:` by default) and expire `ttl` seconds (7 days by default)
 after their last write, so state of retired functions does not pile up.
@@ -20,22 +33,29 @@ the outage is dropped: the shared state wins) and calls `on_recovered`.
 URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), with `${VAR}`
 expanded from the environment (`redis://:${REDIS_PASSWORD}@cache:6379/0`) so a policy file
 needs no secret, and the store's own options as query parameters:
-`?prefix=app:&ttl=3600&probe_interval=5`.
+`?prefix=app:&ttl=3600&probe_interval=5&cache=0.05`.
 Any other query parameter goes to redis-py (`socket_timeout=...`). The URL is logged and shown
 only without its credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import os
 import re
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -46,7 +66,7 @@ from qwed_guard.state.base import Change, State
 from qwed_guard.state.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from redis.commands.core import Script
+    from redis.commands.core import AsyncScript, Script
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -84,8 +104,31 @@ end
 return {1}
 """
 
+# One round trip for the success path: add the pending increments to the counters (KEYS after
+# the first ARGV[1], amounts from ARGV[3], lifetime ARGV[2] ms, none when 0), then read the
+# first ARGV[1] keys.
+_FETCH = """
+local n = tonumber(ARGV[1])
+for j = n + 1, #KEYS do
+  redis.call('INCRBY', KEYS[j], ARGV[j - n + 2])
+  if ARGV[2] ~= '0' then
+    redis.call('PEXPIRE', KEYS[j], ARGV[2])
+  end
+end
+local out = {}
+for i = 1, n do
+  out[i] = redis.call('GET', KEYS[i])
+end
+return out
+"""
+_COUNTER = "#"
+"""Counters live under `<prefix>#<name>`: apart from the JSON states `keys()` lists."""
+_HOT = 1.0
+"""Keys used within this many seconds are read again with every refresh (at most `_HOT_KEYS`)."""
+_HOT_KEYS = 32
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_OWN_OPTIONS = ("prefix", "ttl", "probe_interval")
+_OWN_OPTIONS = ("prefix", "ttl", "probe_interval", "cache")
 
 Listener = Callable[[str], None]
 
@@ -130,7 +173,8 @@ class RedisStore:
 
     `ttl` (seconds, None for never) is the default lifetime of a key after its last write.
     `connect_timeout` and `timeout` bound how long a call can wait on an unreachable or stuck
-    Redis: at most one such wait per `probe_interval` while degraded.
+    Redis: at most one such wait per `probe_interval` while degraded. `cache` (seconds) is how
+    old the local view may be for a success-path decision (0: read during the call).
     """
 
     def __init__(
@@ -140,6 +184,7 @@ class RedisStore:
         prefix: str = DEFAULT_PREFIX,
         ttl: float | None = DEFAULT_TTL,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        cache: float = 0.0,
         connect_timeout: float = 0.5,
         timeout: float = 2.0,
         on_degraded: Listener | None = None,
@@ -159,6 +204,8 @@ class RedisStore:
             ttl = _number("ttl", own["ttl"], 0) or None
         if "probe_interval" in own:
             probe_interval = _number("probe_interval", own["probe_interval"], 0)
+        if "cache" in own:
+            cache = _number("cache", own["cache"], 0)
         if parts.password:
             register_secret(parts.password)
         self.url = _display(url)
@@ -166,23 +213,35 @@ class RedisStore:
         self.prefix = prefix
         self.ttl = ttl
         self.probe_interval = float(probe_interval)
-        full = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.cache = float(cache)
+        """Seconds a view may be old for a success-path decision."""
+        self._full = urlunsplit(parts._replace(query=urlencode(rest)))
+        self._timeouts = (connect_timeout, timeout)
         # No redis-py retries: they sleep for real, and this store copes on its own. (A pooled
         # connection that died with a restarted server is replaced when it is checked out.)
         self._client: redis.Redis = redis.Redis.from_url(
-            full,
+            self._full,
             socket_connect_timeout=connect_timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
         self._cas: Script = self._client.register_script(_CAS)
+        self._fetch: Script = self._client.register_script(_FETCH)
+        # redis.asyncio connections belong to the loop that made them: one client per loop.
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aioredis.Redis, AsyncScript, AsyncScript]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._fallback = MemoryStore()
         self._degraded = False
         self._next_probe = 0.0
+        self._views: dict[str, tuple[float, State | None]] = {}
+        self._used: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
         self._on_degraded: list[Listener] = []
         self._on_recovered: list[Listener] = []
         self.add_listener(on_degraded=on_degraded, on_recovered=on_recovered)
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ StateStore
 
@@ -191,7 +250,7 @@ class RedisStore:
         and return `change(state)[1]`; `ttl` overrides the store's default for this write."""
         if self._use_redis():
             try:
-                decision = self._update(self.prefix + key, change, ttl)
+                decision = self._update(key, change, ttl)
             except RedisError as error:
                 self._degrade(error)
             else:
@@ -211,6 +270,124 @@ class RedisStore:
                 return self._decode(self.prefix + key, raw)
         return self._fallback.get(key)
 
+    async def aupdate(self, key: str, change: Change[T], *, ttl: float | None = None) -> T:
+        """`update` on `redis.asyncio`: the event loop runs other tasks meanwhile."""
+        if self._use_redis():
+            try:
+                decision = await self._aupdate(key, change, ttl)
+            except RedisError as error:
+                self._degrade(error)
+            else:
+                self._recover()
+                return decision
+        return self._fallback.update(key, change, ttl=ttl)
+
+    async def aget(self, key: str) -> State | None:
+        """`get` on `redis.asyncio`."""
+        if self._use_redis():
+            try:
+                client = self._async_client()[0]
+                raw = _as_bytes(await client.get(self.prefix + key))
+            except RedisError as error:
+                self._degrade(error)
+            else:
+                self._recover()
+                return self._decode(self.prefix + key, raw)
+        return self._fallback.get(key)
+
+    # ------------------------------------------------------------------ the view
+
+    def cached(self, key: str, max_age: float) -> tuple[bool, State | None]:
+        """(True, state) when the view of `key` is at most `max_age` seconds old (or Redis is
+        out and no probe is due: the local state), with no I/O; else (False, None)."""
+        if self._degraded:
+            if clock.monotonic() < self._next_probe:
+                return True, self._fallback.peek(key)
+            return False, None
+        entry = self._views.get(key)
+        if entry is not None:
+            now = time.monotonic()
+            if now - entry[0] <= max_age:
+                self._used[key] = now
+                return True, entry[1]
+        return False, None
+
+    def view(self, key: str, max_age: float) -> State | None:
+        """The state under `key`, read at most `max_age` seconds ago: from the view, or read
+        now together with the other recently used keys and the pending counter increments."""
+        hit, state = self.cached(key, max_age)
+        if hit:
+            return state
+        if self._use_redis():
+            names, counters, amounts = self._refresh_args(key)
+            try:
+                args: list[int | str] = [len(names), self._ttl_ms(), *amounts]
+                raws = self._fetch(keys=names + counters, args=args)
+            except RedisError as error:
+                self._unpend(counters, amounts)
+                self._degrade(error)
+            else:
+                self._recover()
+                return self._refreshed(key, names, raws)
+        return self._fallback.peek(key)
+
+    async def aview(self, key: str, max_age: float) -> State | None:
+        """`view` on `redis.asyncio`."""
+        hit, state = self.cached(key, max_age)
+        if hit:
+            return state
+        if self._use_redis():
+            names, counters, amounts = self._refresh_args(key)
+            try:
+                script = self._async_client()[2]
+                raws = await script(
+                    keys=names + counters, args=[len(names), self._ttl_ms(), *amounts]
+                )
+            except RedisError as error:
+                self._unpend(counters, amounts)
+                self._degrade(error)
+            else:
+                self._recover()
+                return self._refreshed(key, names, raws)
+        return self._fallback.peek(key)
+
+    def add(self, counter: str, amount: int) -> None:
+        """Add `amount` to `counter` with the next round trip (no I/O now)."""
+        if self._degraded:
+            self._fallback.add(counter, amount)
+            return
+        with self._lock:
+            self._pending[counter] = self._pending.get(counter, 0) + amount
+
+    def count(self, counter: str) -> int:
+        """The value of `counter`, pending increments included (one round trip)."""
+        if self._use_redis():
+            names = [self.prefix + _COUNTER + counter]
+            _, counters, amounts = self._refresh_args(None)
+            try:
+                raws = self._fetch(keys=names + counters, args=[1, self._ttl_ms(), *amounts])
+            except RedisError as error:
+                self._unpend(counters, amounts)
+                self._degrade(error)
+            else:
+                self._recover()
+                raw = _as_bytes(raws[0]) if raws else None
+                return int(raw) if raw else 0
+        return self._fallback.count(counter)
+
+    def flush(self) -> None:
+        """Send the pending counter increments now."""
+        if not self._pending or not self._use_redis():
+            return
+        _, counters, amounts = self._refresh_args(None)
+        try:
+            self._fetch(keys=counters, args=[0, self._ttl_ms(), *amounts])
+        except RedisError as error:
+            self._unpend(counters, amounts)
+            self._degrade(error)
+        else:
+            self._recover()
+
     # ------------------------------------------------------------------ the rest
 
     @property
@@ -229,10 +406,10 @@ class RedisStore:
             self._on_recovered.append(on_recovered)
 
     def keys(self) -> list[str]:
-        """The keys under this store's prefix (without it)."""
+        """The keys under this store's prefix (without it; counters not included)."""
         if self._use_redis():
             try:
-                found = list(self._scan())
+                found = [key for key in self._scan() if not key.startswith(_COUNTER)]
             except RedisError as error:
                 self._degrade(error)
             else:
@@ -243,6 +420,9 @@ class RedisStore:
     def clear(self) -> None:
         """Delete every key under this store's prefix (and the in-memory fallback's)."""
         self._fallback.clear()
+        self._views.clear()
+        with self._lock:
+            self._pending.clear()
         if self._use_redis():
             try:
                 names = [self.prefix + key for key in self._scan()]
@@ -259,7 +439,8 @@ class RedisStore:
         return left / 1000 if left >= 0 else None
 
     def close(self) -> None:
-        """Close the connections (the store reconnects if used again)."""
+        """Send what is pending and close the connections (the store reconnects if used)."""
+        self.flush()
         self._client.close()
 
     def __repr__(self) -> str:
@@ -268,18 +449,97 @@ class RedisStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _update(self, name: str, change: Change[T], ttl: float | None) -> T:
+    def _ttl_ms(self, ttl: float | None = None) -> str:
         lifetime = self.ttl if ttl is None else ttl
-        ttl_ms = str(max(int(lifetime * 1000), 1)) if lifetime else "0"
+        return str(max(int(lifetime * 1000), 1)) if lifetime else "0"
+
+    def _async_client(self) -> tuple[aioredis.Redis, AsyncScript, AsyncScript]:
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            connect_timeout, timeout = self._timeouts
+            client = aioredis.Redis.from_url(
+                self._full,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=timeout,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+            found = (client, client.register_script(_CAS), client.register_script(_FETCH))
+            self._async[loop] = found
+        return found
+
+    def _refresh_args(self, key: str | None) -> tuple[list[str], list[str], list[int]]:
+        """The keys a refresh reads (`key` and the other hot ones) and the pending increments
+        it sends (taken out of `_pending`: put back by `_unpend` if the trip fails)."""
+        names: list[str] = []
+        if key is not None:
+            now = time.monotonic()
+            hot = [k for k, used in list(self._used.items()) if now - used <= _HOT and k != key]
+            names = [key, *hot[: _HOT_KEYS - 1]]
+            self._used[key] = now
+        counters: list[str] = []
+        amounts: list[int] = []
+        if self._pending:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for counter, amount in pending.items():
+                counters.append(self.prefix + _COUNTER + counter)
+                amounts.append(amount)
+        return [self.prefix + name for name in names], counters, amounts
+
+    def _unpend(self, counters: list[str], amounts: list[int]) -> None:
+        # The trip failed: the increments count in this process's memory (as everything does
+        # while Redis is out), so nothing is lost and nothing is sent twice.
+        skip = len(self.prefix + _COUNTER)
+        for counter, amount in zip(counters, amounts, strict=True):
+            self._fallback.add(counter[skip:], amount)
+
+    def _refreshed(self, key: str, names: list[str], raws: Any) -> State | None:
+        now = time.monotonic()
+        skip = len(self.prefix)
+        wanted: State | None = None
+        for name, raw in zip(names, raws, strict=False):
+            state = self._decode(name, _as_bytes(raw))
+            self._views[name[skip:]] = (now, state)
+            if name[skip:] == key:
+                wanted = state
+        return wanted
+
+    def _update(self, key: str, change: Change[T], ttl: float | None) -> T:
+        name = self.prefix + key
+        ttl_ms = self._ttl_ms(ttl)
         raw = self._get(name)
         for _ in range(_MAX_CONFLICTS):
-            new, decision = change(self._decode(name, raw))
+            current = self._decode(name, raw)
+            new, decision = change(current)
             encoded = b"" if new is None else orjson.dumps(new, option=orjson.OPT_SORT_KEYS)
             if (raw or b"") == encoded:
+                self._views[key] = (time.monotonic(), current)
                 return decision  # nothing to write: the read was the atomic step
             present = "0" if raw is None else "1"
             reply = self._cas(keys=[name], args=[present, raw or b"", encoded, ttl_ms])
             if reply[0] == 1:
+                self._views[key] = (time.monotonic(), new)
+                return decision
+            raw = _as_bytes(reply[1]) if len(reply) > 1 else None
+        raise RedisError(f"state: {name!r} changed {_MAX_CONFLICTS} times under one update")
+
+    async def _aupdate(self, key: str, change: Change[T], ttl: float | None) -> T:
+        client, cas, _ = self._async_client()
+        name = self.prefix + key
+        ttl_ms = self._ttl_ms(ttl)
+        raw = _as_bytes(await client.get(name))
+        for _ in range(_MAX_CONFLICTS):
+            current = self._decode(name, raw)
+            new, decision = change(current)
+            encoded = b"" if new is None else orjson.dumps(new, option=orjson.OPT_SORT_KEYS)
+            if (raw or b"") == encoded:
+                self._views[key] = (time.monotonic(), current)
+                return decision
+            present = "0" if raw is None else "1"
+            reply = await cas(keys=[name], args=[present, raw or b"", encoded, ttl_ms])
+            if reply[0] == 1:
+                self._views[key] = (time.monotonic(), new)
                 return decision
             raw = _as_bytes(reply[1]) if len(reply) > 1 else None
         raise RedisError(f"state: {name!r} changed {_MAX_CONFLICTS} times under one update")
@@ -323,6 +583,7 @@ class RedisStore:
             if self._degraded:
                 return
             self._degraded = True
+            self._views.clear()
         reason = scrub(f"Redis at {self.url} unreachable: {type(error).__name__}: {error}")
         from loguru import logger
 
@@ -355,6 +616,16 @@ class RedisStore:
                 from loguru import logger
 
                 logger.exception("qwed_guard state: a degradation listener raised")
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[RedisStore]) -> None:
+    # The last counts go out with the process; quietly: logging may be gone by now.
+    store = ref()
+    if store is None or store.degraded or not store._pending:
+        return
+    _, counters, amounts = store._refresh_args(None)
+    with contextlib.suppress(Exception):
+        store._fetch(keys=counters, args=[0, store._ttl_ms(), *amounts])
 
 
 _shared: dict[str, RedisStore] = {}

@@ -1,0 +1,189 @@
+"""The Redis store in `async def` code: awaited on redis.asyncio, never blocking the event loop,
+and one round trip per guarded call on the success path (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+redis = pytest.importorskip("redis", reason="the redis package (extra 'fleet') is not installed")
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from benchmarks.latency import delayed  # noqa: E402
+from qwed_guard.alerts import alert_on_failures  # noqa: E402
+from qwed_guard.breaker import BreakerState, circuit_breaker  # noqa: E402
+from qwed_guard.state import State  # noqa: E402
+from qwed_guard.state.redis import RedisStore  # noqa: E402
+
+pytestmark = pytest.mark.services
+
+OK = SimpleNamespace(verified=True, value=1, error=None)
+
+
+def bump(state: State | None) -> tuple[State | None, int]:
+    count = (state or {}).get("count", 0) + 1
+    return {"count": count}, count
+
+
+class Trips:
+    """Every Redis command this process sends, by client kind, and the blocking ones: a sync
+    command sent from a thread whose event loop is running."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sync = 0
+        self.async_ = 0
+        self.blocking: list[str] = []
+        sync_send = redis.Redis.execute_command
+        async_send = aioredis.Redis.execute_command
+
+        def counted(client: Any, *args: Any, **options: Any) -> Any:
+            self.sync += 1
+            if asyncio._get_running_loop() is not None:
+                self.blocking.append(str(args[0]))
+            return sync_send(client, *args, **options)
+
+        async def acounted(client: Any, *args: Any, **options: Any) -> Any:
+            self.async_ += 1
+            return await async_send(client, *args, **options)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", counted)
+        monkeypatch.setattr(aioredis.Redis, "execute_command", acounted)
+
+    def reset(self) -> None:
+        self.sync = self.async_ = 0
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
+    yield Trips(monkeypatch)
+
+
+def state_url(redis_url: str, redis_prefix: str, **options: Any) -> str:
+    extra = "".join(f"&{name}={value}" for name, value in options.items())
+    # A fresh URL: the decorators share one store per URL in a process.
+    return f"{redis_url}?prefix={redis_prefix}{uuid.uuid4().hex[:6]}:{extra}"
+
+
+async def test_the_async_operations_are_the_sync_ones_awaited(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    store = RedisStore(f"{redis_url}?prefix={redis_prefix}")
+    counts = await asyncio.gather(*(store.aupdate("k", bump) for _ in range(50)))
+    assert sorted(counts) == list(range(1, 51))  # atomic under 50 tasks
+    assert await store.aget("k") == {"count": 50}
+    assert trips.blocking == [] and trips.sync == 0
+    assert store.get("k") == {"count": 50}  # the same state, sync
+    assert await store.aget("absent") is None
+
+
+async def test_guarded_async_calls_never_block_the_loop(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    state = state_url(redis_url, redis_prefix)
+    failing = False
+
+    @alert_on_failures(threshold=3, notify=[], key="loop", state=state)
+    @circuit_breaker(failure_threshold=5, recovery_timeout=0.2, key="loop", state=state)
+    async def verify() -> Any:
+        await asyncio.sleep(0.001)
+        if failing:
+            raise ConnectionError("down")
+        return OK
+
+    assert all(r is OK for r in await asyncio.gather(*(verify() for _ in range(100))))
+    failing = True
+    results = await asyncio.gather(*(verify() for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    assert [a.kind for a in verify.alerts] == ["triggered"]
+    failing = False
+    await asyncio.sleep(0.25)  # recovery_timeout: a probe closes it again
+    assert await verify() is OK
+    assert [a.kind for a in verify.alerts] == ["triggered", "resolved"]
+    assert trips.blocking == []
+    assert trips.async_ > 0
+    # Outside the loop, the same shared state: opened once, closed again, every call counted.
+    snapshot = await asyncio.to_thread(verify.breaker.snapshot)
+    assert snapshot["state"] == BreakerState.CLOSED and snapshot["opened"] == 1
+    assert snapshot["successes"] == 101
+    assert snapshot["failures"] + snapshot["short_circuited"] == 20
+
+
+def test_one_round_trip_per_successful_call(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    state = state_url(redis_url, redis_prefix)
+
+    @alert_on_failures(threshold=3, notify=[], key="trips", state=state)
+    @circuit_breaker(failure_threshold=5, key="trips", state=state)
+    def verify() -> Any:
+        return OK
+
+    for _ in range(5):  # scripts loaded, connection made
+        verify()
+    trips.reset()
+    for _ in range(200):
+        assert verify() is OK
+    assert trips.sync == 200  # one script per call: the breaker's and the alerter's state
+    assert verify.breaker.successes == 205  # the counts travelled with those trips
+
+    # With a local view of 10 s, calls in a row cost no trip at all.
+    cached = state_url(redis_url, redis_prefix, cache=10)
+
+    @alert_on_failures(threshold=3, notify=[], key="trips", state=cached)
+    @circuit_breaker(failure_threshold=5, key="trips", state=cached)
+    def quick() -> Any:
+        return OK
+
+    quick()
+    trips.reset()
+    for _ in range(200):
+        quick()
+    assert trips.sync == 0
+
+
+async def test_one_round_trip_per_successful_async_call(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    state = state_url(redis_url, redis_prefix)
+
+    @alert_on_failures(threshold=3, notify=[], key="atrips", state=state)
+    @circuit_breaker(failure_threshold=5, key="atrips", state=state)
+    async def verify() -> Any:
+        return OK
+
+    for _ in range(5):
+        await verify()
+    trips.reset()
+    for _ in range(100):
+        assert await verify() is OK
+    assert trips.async_ == 100 and trips.sync == 0
+
+
+async def test_100_tasks_take_about_as_long_as_one_with_a_distant_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # A Redis 2 ms away (1 ms each way). Blocking the loop, 100 calls of 50 ms took 445 ms.
+    with delayed(redis_url, 0.001) as far:
+        state = state_url(far, redis_prefix)
+
+        @alert_on_failures(threshold=3, notify=[], key="wall", state=state)
+        @circuit_breaker(failure_threshold=5, key="wall", state=state)
+        async def verify() -> Any:
+            await asyncio.sleep(0.05)
+            return OK
+
+        await asyncio.gather(*(verify() for _ in range(100)))  # connections made
+        walls = []
+        for _ in range(3):
+            started = time.perf_counter()
+            await asyncio.gather(*(verify() for _ in range(100)))
+            walls.append(time.perf_counter() - started)
+    # Ideal: 50 ms plus one 2 ms trip. Shared CI CPUs: the best of three, with room.
+    assert min(walls) < 0.05 * 1.6, walls
