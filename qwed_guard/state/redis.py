@@ -17,7 +17,8 @@ keys it read recently: `view(key, max_age)` answers from it when it is at most `
 old, and otherwise runs one Lua script that records the pending counter increments (`add`: a
 breaker's success count) and reads the key *and the other keys used in the last second* (the
 alerter's key of the same call). The layers ask for a view read during the call itself, or at
-most `cache` seconds old (`?cache=0.05`; default 0): with a cache a breaker opened by another
+most `cache` seconds old (`?cache=0.05`; default 0); async tasks wanting the same key at once
+share one read in flight. With a cache a breaker opened by another
 process is seen up to `cache` seconds late, and a success can leave another process's failure
 streak unreset for as long. Changes (a failure, a transition) always go through the atomic
 compare-and-set.
@@ -231,6 +232,9 @@ class RedisStore:
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[aioredis.Redis, AsyncScript, AsyncScript]
         ] = weakref.WeakKeyDictionary()
+        self._flights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Future[State | None]]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._fallback = MemoryStore()
         self._degraded = False
@@ -332,10 +336,32 @@ class RedisStore:
         return self._fallback.peek(key)
 
     async def aview(self, key: str, max_age: float) -> State | None:
-        """`view` on `redis.asyncio`."""
+        """`view` on `redis.asyncio`. Tasks that need the same key at once share one read: the
+        first sends it, the others wait for its answer (so 100 tasks cost one round trip)."""
         hit, state = self.cached(key, max_age)
         if hit:
             return state
+        flights = self._flights.get(asyncio.get_running_loop())
+        if flights is None:
+            flights = self._flights[asyncio.get_running_loop()] = {}
+        flight = flights.get(key)
+        if flight is not None:
+            await asyncio.wait([flight])
+            if not flight.cancelled():
+                return flight.result()
+        flight = flights[key] = asyncio.get_running_loop().create_future()
+        try:
+            state = await self._aread(key)
+        except BaseException:
+            flight.cancel()
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+        flight.set_result(state)
+        return state
+
+    async def _aread(self, key: str) -> State | None:
         if self._use_redis():
             names, counters, amounts = self._refresh_args(key)
             try:
