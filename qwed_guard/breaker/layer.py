@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAILURE_ON",
     "DEFAULT_FAILURE_THRESHOLD",
+    "DEFAULT_PROBE_LEASE",
     "CircuitBreakerLayer",
     "CircuitOpen",
     "circuit_breaker",
@@ -35,6 +36,8 @@ DEFAULT_FAILURE_ON: frozenset[Outcome] = frozenset({Outcome.TRANSIENT, Outcome.P
 """Provider failures. Refuted and unverifiable answers are the model's fault, not an outage."""
 DEFAULT_FAILURE_THRESHOLD = 5
 """Failed attempts in a row that open a breaker given no rule at all."""
+DEFAULT_PROBE_LEASE = 60.0
+"""Seconds a half-open probe holds its slot at most (a longer call loses it to a new probe)."""
 _COUNTABLE = frozenset(
     {Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.REFUTED, Outcome.UNVERIFIABLE}
 )
@@ -101,6 +104,7 @@ class CircuitBreakerLayer(Layer):
         min_calls: int = 10,
         half_open_probes: int = 1,
         success_threshold: int = 1,
+        probe_lease: float = DEFAULT_PROBE_LEASE,
         failure_on: Collection[Outcome | str] = DEFAULT_FAILURE_ON,
         key: str | None = None,
         state: str | StateStore | None = None,
@@ -145,6 +149,16 @@ class CircuitBreakerLayer(Layer):
                 "recovery_timeout",
                 f"must be at most {_MAX_RECOVERY:g} seconds, got {recovery_timeout}",
             )
+        if isinstance(probe_lease, bool) or not isinstance(probe_lease, (int, float)):
+            raise bad_parameter(
+                "probe_lease",
+                f"must be a number of seconds, got {type(probe_lease).__name__}",
+                wrong_type=True,
+            )
+        if not 0 < probe_lease <= _MAX_RECOVERY:  # NaN too
+            raise bad_parameter(
+                "probe_lease", f"must be > 0 and at most {_MAX_RECOVERY:g} s, got {probe_lease}"
+            )
         if key is not None and (not isinstance(key, str) or not key):
             raise bad_parameter("key", f"must be a non-empty string, got {key!r}", wrong_type=True)
         try:
@@ -161,6 +175,7 @@ class CircuitBreakerLayer(Layer):
             float(recovery_timeout),
             half_open_probes,
             success_threshold,
+            float(probe_lease),
         )
         self.failure_on = _parse_failure_on(failure_on)
         self.key = key
@@ -206,6 +221,8 @@ class CircuitBreakerLayer(Layer):
             f"success_threshold={r.success_threshold}",
             "failure_on=" + ",".join(sorted(o.value for o in self.failure_on)),
         ]
+        if r.probe_lease != DEFAULT_PROBE_LEASE:
+            parts.append(f"probe_lease={r.probe_lease:g} s")
         if self.key is not None:
             parts.append(f"key={self.key}")
         if self._workers:
@@ -306,6 +323,7 @@ def circuit_breaker(
     min_calls: int = 10,
     half_open_probes: int = 1,
     success_threshold: int = 1,
+    probe_lease: float = DEFAULT_PROBE_LEASE,
     failure_on: Collection[Outcome | str] = DEFAULT_FAILURE_ON,
     key: str | None = None,
     state: str | StateStore | None = None,
@@ -323,11 +341,13 @@ def circuit_breaker(fn: Callable[..., Any] | None = None, /, **params: Any) -> A
     While open, calls raise `CircuitOpen` at once without calling the function; `@retry` does
     not retry that and `@fallback` returns its value. After `recovery_timeout` seconds it admits
     up to `half_open_probes` probe calls at a time, closes after `success_threshold` of them
-    succeed and re-opens on a failure. `failure_on` says which outcomes are failures (default
-    transient and permanent). State is kept per `key` (default: the function's qualified
-    name); functions given the same `key` share one breaker; `state` is where it lives.
-    `notify` (the alerter's channels: `"log"`, `{"slack": {...}}`, ...) gets one `triggered`
-    alert when the breaker opens and one `resolved` when it closes again.
+    succeed and re-opens on a failure. A probe holds its slot for `probe_lease` seconds at
+    most: a probe whose process died (or that hangs) frees it then. `failure_on` says which
+    outcomes are failures (default transient and permanent). State is kept per `key`
+    (default: the function's qualified name); functions given the same `key` share one
+    breaker; `state` is where it lives. `notify` (the alerter's channels: `"log"`,
+    `{"slack": {...}}`, ...) gets one `triggered` alert when the breaker opens and one
+    `resolved` when it closes again.
     Place it inside `@retry`, so it counts every attempt. `fn.breaker` shows its state.
     """
     layer = CircuitBreakerLayer(**params)

@@ -1,0 +1,116 @@
+"""The fleet against a real redis-server: leased probe slots (a SIGKILLed probe holder does not
+wedge the breaker), the retry budget and the concurrency limit across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("redis", reason="the redis package (extra 'fleet') is not installed")
+
+from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
+from qwed_guard.clock import FakeClock
+
+pytestmark = pytest.mark.services
+
+OK = SimpleNamespace(verified=True, value=1, error=None)
+
+
+def _probing_breaker(state: str, outcome: Any, probing: Any = None) -> Any:
+    @circuit_breaker(
+        failure_threshold=1, recovery_timeout=0.2, probe_lease=1.0, key="leased", state=state
+    )
+    def verify() -> Any:
+        if probing is not None:
+            probing.set()
+            time.sleep(3600)  # holds its probe slot until killed
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return verify
+
+
+def _hold_a_probe(state: str, probing: Any) -> None:
+    _probing_breaker(state, OK, probing)()
+
+
+def test_a_sigkilled_probe_holder_does_not_wedge_the_breaker(
+    redis_url: str, redis_prefix: str
+) -> None:
+    state = f"{redis_url}?prefix={redis_prefix}"
+    failing = _probing_breaker(state, ConnectionError("down"))
+    with pytest.raises(ConnectionError):
+        failing()
+    assert failing.breaker.state is BreakerState.OPEN
+    time.sleep(0.25)  # recovery_timeout: the next call is a probe
+
+    context = multiprocessing.get_context("spawn")
+    probing = context.Event()
+    holder = context.Process(target=_hold_a_probe, args=(state, probing))
+    holder.start()
+    try:
+        assert probing.wait(60), "the probe never started"
+        os.kill(holder.pid or 0, signal.SIGKILL)  # dies holding the only probe slot
+    finally:
+        holder.join(10)
+    assert holder.exitcode == -signal.SIGKILL
+
+    healthy = _probing_breaker(state, OK)
+    assert healthy.breaker.state is BreakerState.HALF_OPEN
+    with pytest.raises(CircuitOpen) as refused:
+        healthy()  # the slot is still leased to the dead process
+    assert refused.value.retry_in is None
+    deadline = time.monotonic() + 5
+    while True:  # within the 1 s lease, a probe is admitted again, succeeds and closes it
+        try:
+            assert healthy() is OK
+            break
+        except CircuitOpen:
+            assert time.monotonic() < deadline, "the dead probe's slot was never freed"
+            time.sleep(0.05)
+    assert healthy.breaker.state is BreakerState.CLOSED
+    assert healthy.breaker.snapshot()["probes_in_flight"] == 0
+
+
+def test_an_expired_lease_frees_the_slot_in_process(fake_clock: FakeClock) -> None:
+    hung = True
+
+    @circuit_breaker(failure_threshold=1, recovery_timeout=10, probe_lease=30)
+    def verify() -> Any:
+        if hung:
+            raise ConnectionError("down")
+        return OK
+
+    with pytest.raises(ConnectionError):
+        verify()
+    fake_clock.advance(10)
+    # A probe admitted and never reported (its process died): the slot is taken...
+    ticket = verify.breaker.admit()
+    assert ticket.kind == "probe" and ticket.lease == pytest.approx(fake_clock.wall() + 30)
+    hung = False
+    with pytest.raises(CircuitOpen):
+        verify()
+    fake_clock.advance(29.9)
+    with pytest.raises(CircuitOpen):
+        verify()
+    fake_clock.advance(0.2)  # ...until its lease runs out
+    assert verify() is OK
+    assert verify.breaker.state is BreakerState.CLOSED
+    # The dead probe's late report (had it only hung) changes nothing now.
+    assert verify.breaker.report(ticket, False, None) is None
+    assert verify.breaker.state is BreakerState.CLOSED
+
+
+def test_probe_lease_is_validated() -> None:
+    from qwed_guard.errors import ParameterError
+
+    for bad in (0, -1, float("nan"), "5", True):
+        with pytest.raises(ParameterError, match="probe_lease"):
+            circuit_breaker(probe_lease=bad)
