@@ -14,6 +14,7 @@ from qwed_guard._version import __version__
 from qwed_guard.alerts import Alert, alert_on_failures
 from qwed_guard.audit import audited
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
+from qwed_guard.budget import retry_budget
 from qwed_guard.client import guarded_client
 from qwed_guard.context import Attempt, audit_context
 from qwed_guard.errors import (
@@ -67,4 +68,5 @@ __all__ = [
     "register_verdict",
     "remove_hook",
     "retry",
+    "retry_budget",
 ]

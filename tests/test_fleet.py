@@ -3,6 +3,7 @@ wedge the breaker), the retry budget and the concurrency limit across processes.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -114,3 +115,63 @@ def test_probe_lease_is_validated() -> None:
     for bad in (0, -1, float("nan"), "5", True):
         with pytest.raises(ParameterError, match="probe_lease"):
             circuit_breaker(probe_lease=bad)
+
+
+# ---------------------------------------------------------------- the retry budget, fleet-wide
+
+WORKERS = 4
+THREADS = 16
+CALLS = 10
+
+
+def _budget_worker(state: str, with_budget: bool, start: Any) -> tuple[int, int]:
+    import threading
+
+    from qwed_guard import VerificationFailed, clock, retry, retry_budget
+
+    clock.install(FakeClock())  # one window for the whole run, in every process
+    requests = 0
+    lock = threading.Lock()
+
+    def provider() -> Any:
+        nonlocal requests
+        with lock:
+            requests += 1
+        raise ConnectionError("503 Service Unavailable")  # the outage
+
+    guarded = retry(max_tries=4, base=0, jitter=None)(provider)
+    if with_budget:
+        guarded = retry_budget(ratio=0.1, min_per_second=0, key="fleet-budget", state=state)(
+            guarded
+        )
+
+    def run() -> None:
+        for _ in range(CALLS):
+            with contextlib.suppress(VerificationFailed):
+                guarded()
+
+    start.wait()
+    threads = [threading.Thread(target=run) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return THREADS * CALLS, requests
+
+
+def test_the_retry_budget_holds_to_its_ratio_across_processes(
+    redis_url: str, redis_prefix: str
+) -> None:
+    state = f"{redis_url}?prefix={redis_prefix}"
+    context = multiprocessing.get_context("forkserver")
+    with context.Manager() as manager, context.Pool(WORKERS) as pool:
+        results = {}
+        for with_budget in (False, True):
+            start = manager.Barrier(WORKERS, timeout=120)
+            runs = pool.starmap(_budget_worker, [(state, with_budget, start)] * WORKERS)
+            calls = sum(c for c, _ in runs)
+            results[with_budget] = sum(r for _, r in runs) - calls  # the retries
+    assert calls == WORKERS * THREADS * CALLS == 640
+    assert results[False] == 3 * calls  # every call retried to max_tries
+    # Fleet-wide, retries never pass 10% of the calls; the budget is used, not just refused.
+    assert 0.05 * calls <= results[True] <= 0.1 * calls

@@ -75,12 +75,21 @@ class SharedStore(StateStore, AsyncStateStore, Protocol):
         """`view`, awaited."""
         ...
 
-    def add(self, counter: str, amount: int) -> None:
-        """Add `amount` to the integer `counter`, with the store's next round trip (no I/O)."""
+    def add(self, counter: str, amount: int, *, ttl: float | None = None) -> None:
+        """Add `amount` to the integer `counter`, with the store's next round trip (no I/O);
+        it expires `ttl` seconds (default: the store's) after its last change."""
         ...
 
     def count(self, counter: str) -> int:
         """The value of `counter`, pending increments included."""
+        ...
+
+    def counts(self, counters: list[str]) -> list[int]:
+        """The values of `counters`, in one round trip."""
+        ...
+
+    async def acounts(self, counters: list[str]) -> list[int]:
+        """`counts`, awaited."""
         ...
 
 

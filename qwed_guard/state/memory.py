@@ -49,14 +49,19 @@ class MemoryStore:
         paths that only decide whether an `update` is needed. Never mutate what it returns."""
         return self._data.get(key)
 
-    def add(self, counter: str, amount: int) -> None:
-        """Add `amount` to the integer `counter`."""
+    def add(self, counter: str, amount: int, *, ttl: float | None = None) -> None:
+        """Add `amount` to the integer `counter` (`ttl` is for shared stores: a process's
+        counters go with it)."""
         with self._lock:
             self._counters[counter] = self._counters.get(counter, 0) + amount
 
     def count(self, counter: str) -> int:
         """The value of `counter` (0 when never added to)."""
         return self._counters.get(counter, 0)
+
+    def counts(self, counters: list[str]) -> list[int]:
+        """The values of `counters`."""
+        return [self._counters.get(counter, 0) for counter in counters]
 
     def keys(self) -> list[str]:
         with self._lock:

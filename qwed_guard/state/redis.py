@@ -105,15 +105,16 @@ end
 return {1}
 """
 
-# One round trip for the success path: add the pending increments to the counters (KEYS after
-# the first ARGV[1], amounts from ARGV[3], lifetime ARGV[2] ms, none when 0), then read the
-# first ARGV[1] keys.
+# One round trip for the success path: add the pending increments to the counters (the KEYS
+# after the first ARGV[1]; from ARGV[2], an amount and a lifetime in ms, none when 0, for
+# each), then read the first ARGV[1] keys.
 _FETCH = """
 local n = tonumber(ARGV[1])
 for j = n + 1, #KEYS do
-  redis.call('INCRBY', KEYS[j], ARGV[j - n + 2])
-  if ARGV[2] ~= '0' then
-    redis.call('PEXPIRE', KEYS[j], ARGV[2])
+  local at = 2 + 2 * (j - n - 1)
+  redis.call('INCRBY', KEYS[j], ARGV[at])
+  if ARGV[at + 1] ~= '0' then
+    redis.call('PEXPIRE', KEYS[j], ARGV[at + 1])
   end
 end
 local out = {}
@@ -241,7 +242,7 @@ class RedisStore:
         self._next_probe = 0.0
         self._views: dict[str, tuple[float, State | None]] = {}
         self._used: dict[str, float] = {}
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, tuple[int, str]] = {}
         self._on_degraded: list[Listener] = []
         self._on_recovered: list[Listener] = []
         self.add_listener(on_degraded=on_degraded, on_recovered=on_recovered)
@@ -323,12 +324,11 @@ class RedisStore:
         if hit:
             return state
         if self._use_redis():
-            names, counters, amounts = self._refresh_args(key)
+            names, counters, tail = self._refresh_args(key)
             try:
-                args: list[int | str] = [len(names), self._ttl_ms(), *amounts]
-                raws = self._fetch(keys=names + counters, args=args)
+                raws = self._fetch(keys=names + counters, args=[len(names), *tail])
             except RedisError as error:
-                self._unpend(counters, amounts)
+                self._unpend(counters, tail)
                 self._degrade(error)
             else:
                 self._recover()
@@ -363,53 +363,77 @@ class RedisStore:
 
     async def _aread(self, key: str) -> State | None:
         if self._use_redis():
-            names, counters, amounts = self._refresh_args(key)
+            names, counters, tail = self._refresh_args(key)
             try:
                 script = self._async_client()[2]
-                raws = await script(
-                    keys=names + counters, args=[len(names), self._ttl_ms(), *amounts]
-                )
+                raws = await script(keys=names + counters, args=[len(names), *tail])
             except RedisError as error:
-                self._unpend(counters, amounts)
+                self._unpend(counters, tail)
                 self._degrade(error)
             else:
                 self._recover()
                 return self._refreshed(key, names, raws)
         return self._fallback.peek(key)
 
-    def add(self, counter: str, amount: int) -> None:
-        """Add `amount` to `counter` with the next round trip (no I/O now)."""
+    def add(self, counter: str, amount: int, *, ttl: float | None = None) -> None:
+        """Add `amount` to `counter` with the next round trip (no I/O now); the counter expires
+        `ttl` seconds (default: the store's) after its last change."""
         if self._degraded:
             self._fallback.add(counter, amount)
             return
+        lifetime = self._ttl_ms(ttl)
         with self._lock:
-            self._pending[counter] = self._pending.get(counter, 0) + amount
+            before = self._pending.get(counter)
+            self._pending[counter] = ((before[0] if before else 0) + amount, lifetime)
 
     def count(self, counter: str) -> int:
         """The value of `counter`, pending increments included (one round trip)."""
+        return self.counts([counter])[0]
+
+    def counts(self, counters: list[str]) -> list[int]:
+        """The values of `counters`, pending increments included, in one round trip."""
         if self._use_redis():
-            names = [self.prefix + _COUNTER + counter]
-            _, counters, amounts = self._refresh_args(None)
+            names = [self.prefix + _COUNTER + counter for counter in counters]
+            _, pending, tail = self._refresh_args(None)
             try:
-                raws = self._fetch(keys=names + counters, args=[1, self._ttl_ms(), *amounts])
+                raws = self._fetch(keys=names + pending, args=[len(names), *tail])
             except RedisError as error:
-                self._unpend(counters, amounts)
+                self._unpend(pending, tail)
                 self._degrade(error)
             else:
                 self._recover()
-                raw = _as_bytes(raws[0]) if raws else None
-                return int(raw) if raw else 0
-        return self._fallback.count(counter)
+                values = [_as_bytes(raw) for raw in raws]
+                values += [None] * (len(names) - len(values))
+                return [int(raw) if raw else 0 for raw in values]
+        return [self._fallback.count(counter) for counter in counters]
+
+    async def acounts(self, counters: list[str]) -> list[int]:
+        """`counts` on `redis.asyncio`."""
+        if self._use_redis():
+            names = [self.prefix + _COUNTER + counter for counter in counters]
+            _, pending, tail = self._refresh_args(None)
+            try:
+                script = self._async_client()[2]
+                raws = await script(keys=names + pending, args=[len(names), *tail])
+            except RedisError as error:
+                self._unpend(pending, tail)
+                self._degrade(error)
+            else:
+                self._recover()
+                values = [_as_bytes(raw) for raw in raws]
+                values += [None] * (len(names) - len(values))
+                return [int(raw) if raw else 0 for raw in values]
+        return [self._fallback.count(counter) for counter in counters]
 
     def flush(self) -> None:
         """Send the pending counter increments now."""
         if not self._pending or not self._use_redis():
             return
-        _, counters, amounts = self._refresh_args(None)
+        _, counters, tail = self._refresh_args(None)
         try:
-            self._fetch(keys=counters, args=[0, self._ttl_ms(), *amounts])
+            self._fetch(keys=counters, args=[0, *tail])
         except RedisError as error:
-            self._unpend(counters, amounts)
+            self._unpend(counters, tail)
             self._degrade(error)
         else:
             self._recover()
@@ -494,9 +518,10 @@ class RedisStore:
             self._async[loop] = found
         return found
 
-    def _refresh_args(self, key: str | None) -> tuple[list[str], list[str], list[int]]:
-        """The keys a refresh reads (`key` and the other hot ones) and the pending increments
-        it sends (taken out of `_pending`: put back by `_unpend` if the trip fails)."""
+    def _refresh_args(self, key: str | None) -> tuple[list[str], list[str], list[int | str]]:
+        """The keys a refresh reads (`key` and the other hot ones), the counters it adds to and
+        the script arguments for those (amount, lifetime, ...), taken out of `_pending`
+        (`_unpend` keeps them in memory if the trip fails)."""
         names: list[str] = []
         if key is not None:
             now = time.monotonic()
@@ -504,21 +529,21 @@ class RedisStore:
             names = [key, *hot[: _HOT_KEYS - 1]]
             self._used[key] = now
         counters: list[str] = []
-        amounts: list[int] = []
+        tail: list[int | str] = []
         if self._pending:
             with self._lock:
                 pending, self._pending = self._pending, {}
-            for counter, amount in pending.items():
+            for counter, (amount, lifetime) in pending.items():
                 counters.append(self.prefix + _COUNTER + counter)
-                amounts.append(amount)
-        return [self.prefix + name for name in names], counters, amounts
+                tail += [amount, lifetime]
+        return [self.prefix + name for name in names], counters, tail
 
-    def _unpend(self, counters: list[str], amounts: list[int]) -> None:
+    def _unpend(self, counters: list[str], tail: list[int | str]) -> None:
         # The trip failed: the increments count in this process's memory (as everything does
         # while Redis is out), so nothing is lost and nothing is sent twice.
         skip = len(self.prefix + _COUNTER)
-        for counter, amount in zip(counters, amounts, strict=True):
-            self._fallback.add(counter[skip:], amount)
+        for counter, amount in zip(counters, tail[::2], strict=True):
+            self._fallback.add(counter[skip:], int(amount))
 
     def _refreshed(self, key: str, names: list[str], raws: Any) -> State | None:
         now = time.monotonic()
@@ -649,9 +674,9 @@ def _flush_at_exit(ref: weakref.ReferenceType[RedisStore]) -> None:
     store = ref()
     if store is None or store.degraded or not store._pending:
         return
-    _, counters, amounts = store._refresh_args(None)
+    _, counters, tail = store._refresh_args(None)
     with contextlib.suppress(Exception):
-        store._fetch(keys=counters, args=[0, store._ttl_ms(), *amounts])
+        store._fetch(keys=counters, args=[0, *tail])
 
 
 _shared: dict[str, RedisStore] = {}
