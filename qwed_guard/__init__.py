@@ -15,6 +15,7 @@ from qwed_guard.alerts import Alert, alert_on_failures
 from qwed_guard.audit import audited
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
 from qwed_guard.budget import retry_budget
+from qwed_guard.bulkhead import ConcurrencyLimited, concurrency_limit
 from qwed_guard.client import guarded_client
 from qwed_guard.context import Attempt, audit_context
 from qwed_guard.errors import (
@@ -42,6 +43,7 @@ __all__ = [
     "BreakerState",
     "CallOutcome",
     "CircuitOpen",
+    "ConcurrencyLimited",
     "Diagnosis",
     "Failure",
     "FallbackError",
@@ -60,6 +62,7 @@ __all__ = [
     "audited",
     "circuit_breaker",
     "classify",
+    "concurrency_limit",
     "diagnose",
     "fallback",
     "guard_client",

@@ -38,6 +38,7 @@ SECTIONS: Final[dict[str, Section]] = {
     "alert_on_failures": Section("qwed_guard.alerts", "AlertLayer", frozenset({"notify"})),
     "retry": Section("qwed_guard.retry", "RetryLayer", frozenset({"classifier", "jitter"})),
     "circuit_breaker": Section("qwed_guard.breaker", "CircuitBreakerLayer"),
+    "concurrency": Section("qwed_guard.bulkhead", "ConcurrencyLimitLayer"),
     "attempt_timeout": Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
     # Watches the whole call from wherever it sits (a hook, not a step).
     "retry_budget": Section("qwed_guard.budget", "RetryBudgetLayer"),
