@@ -175,3 +175,152 @@ def test_the_retry_budget_holds_to_its_ratio_across_processes(
     assert results[False] == 3 * calls  # every call retried to max_tries
     # Fleet-wide, retries never pass 10% of the calls; the budget is used, not just refused.
     assert 0.05 * calls <= results[True] <= 0.1 * calls
+
+
+# ---------------------------------------------------------------- against the simulator
+
+
+def _ask(base_url: str) -> Any:
+    """One chat completion from the simulator, as a verification result (raw HTTP: no SDK)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        body = json.dumps({"model": "qwed-sim", "messages": [{"role": "user", "content": "2+2"}]})
+        conn.request("POST", parts.path + "/chat/completions", body, {"Content-Type": "json"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if response.status >= 500:
+        raise ConnectionError(f"{response.status} from the provider")
+    return OK
+
+
+def _limited_worker(base_url: str, state: str, limit: int | None, start: Any) -> int:
+    import threading
+
+    from qwed_guard import concurrency_limit, fallback
+
+    def call() -> Any:
+        return _ask(base_url)
+
+    guarded: Any = call
+    if limit is not None:
+        guarded = concurrency_limit(limit=limit, wait=30, key="fleet-limit", state=state)(call)
+    guarded = fallback(value=None)(guarded)
+    done = []
+
+    def run() -> None:
+        for _ in range(CALLS // 2):
+            done.append(guarded().source == "verified")
+
+    start.wait()
+    threads = [threading.Thread(target=run) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return sum(done)
+
+
+def test_the_concurrency_limit_holds_across_processes(redis_url: str, redis_prefix: str) -> None:
+    from qwed_guard.sim import SimulatedLLM
+
+    state = f"{redis_url}?prefix={redis_prefix}"
+    context = multiprocessing.get_context("forkserver")
+    with (
+        SimulatedLLM(profile="healthy", seed=3, latency=0.02) as llm,
+        context.Manager() as manager,
+        context.Pool(WORKERS) as pool,
+    ):
+        peaks = {}
+        for limit in (None, 6):
+            llm.reset_stats()
+            start = manager.Barrier(WORKERS, timeout=120)
+            served = pool.starmap(_limited_worker, [(llm.base_url, state, limit, start)] * WORKERS)
+            assert sum(served) == WORKERS * THREADS * (CALLS // 2)  # every call got through
+            peaks[limit] = llm.in_flight()["peak"]
+    assert peaks[None] > 6  # 64 threads at once, unlimited
+    assert 1 <= peaks[6] <= 6  # the simulator never saw more than the limit at once
+
+
+def _alerting_worker(base_url: str, state: str, barrier: Any) -> dict[str, Any]:
+    import threading
+
+    from qwed_guard import alert_on_failures, circuit_breaker, fallback
+    from qwed_guard.hooks import BreakerChanged
+    from qwed_guard.layer import observed
+
+    seen: list[tuple[str, str]] = []
+
+    def hook(ctx: Any) -> Any:
+        def watch(event: Any) -> None:
+            if isinstance(event, BreakerChanged):
+                seen.append((str(event.old), str(event.new)))
+
+        return watch
+
+    @observed(hook)
+    @fallback(value=None)
+    @alert_on_failures(threshold=5, notify=[], repeat_interval=None, key="fleet-t", state=state)
+    @circuit_breaker(failure_threshold=10, recovery_timeout=0.5, key="fleet-t", state=state)
+    def verify() -> Any:
+        return _ask(base_url)
+
+    def phase(calls: int) -> None:
+        threads = [
+            threading.Thread(target=lambda: [verify() for _ in range(calls)])
+            for _ in range(THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+
+    barrier.wait()  # healthy
+    phase(2)
+    barrier.wait()
+    barrier.wait()  # outage
+    phase(CALLS)
+    barrier.wait()
+    barrier.wait()  # healed, recovery_timeout passed
+    phase(3)
+    barrier.wait()
+    return {"alerts": [a.kind for a in verify.alerts], "transitions": seen}
+
+
+def test_64_threads_in_4_processes_page_once_and_trip_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from qwed_guard.sim import SimulatedLLM
+
+    state = f"{redis_url}?prefix={redis_prefix}"
+    context = multiprocessing.get_context("forkserver")
+    with (
+        SimulatedLLM(profile="healthy", seed=4) as llm,
+        context.Manager() as manager,
+        context.Pool(WORKERS) as pool,
+    ):
+        barrier = manager.Barrier(WORKERS + 1, timeout=120)
+        pending = pool.starmap_async(_alerting_worker, [(llm.base_url, state, barrier)] * WORKERS)
+        barrier.wait()
+        barrier.wait()
+        llm.outage(3_600)
+        barrier.wait()
+        barrier.wait()
+        llm.end_outage()
+        time.sleep(0.6)
+        barrier.wait()
+        barrier.wait()
+        results = pending.get(timeout=120)
+    alerts = sorted(kind for r in results for kind in r["alerts"])
+    transitions = sorted(t for r in results for t in r["transitions"])
+    assert alerts == ["resolved", "triggered"]
+    assert transitions.count(("closed", "open")) == 1
+    assert transitions.count(("half_open", "closed")) == 1
+    # Failed probes may re-open it meanwhile; it ends closed all the same.
+    assert transitions.count(("open", "half_open")) == 1 + transitions.count(("half_open", "open"))
