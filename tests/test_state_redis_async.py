@@ -187,3 +187,59 @@ async def test_100_tasks_take_about_as_long_as_one_with_a_distant_redis(
             walls.append(time.perf_counter() - started)
     # Ideal: 50 ms plus one 2 ms trip. Shared CI CPUs: the best of three, with room.
     assert min(walls) < 0.05 * 1.6, walls
+
+
+async def test_async_calls_go_on_while_redis_is_down_and_rejoin(
+    redis_server: Any, fake_clock: Any
+) -> None:
+    from loguru import logger
+
+    logs: list[str] = []
+    sink = logger.add(lambda m: logs.append(f"{m.record['level'].name} {m}"), level="INFO")
+    state = f"{redis_server.url}?probe_interval=5&prefix=async-down-{redis_server.port}:"
+    degraded: list[str] = []
+    from qwed_guard.state import store_from_url
+
+    store = store_from_url(state)
+    store.add_listener(on_degraded=degraded.append)  # type: ignore[attr-defined]
+    failing = False
+
+    @alert_on_failures(threshold=3, notify=[], key="down", state=state)
+    @circuit_breaker(failure_threshold=3, key="down", state=state)
+    async def verify() -> Any:
+        if failing:
+            raise ConnectionError("provider down")
+        return OK
+
+    try:
+        assert all(r is OK for r in await asyncio.gather(*(verify() for _ in range(20))))
+        redis_server.stop()
+        # No exception reaches the caller: the state lives in this process meanwhile.
+        assert all(r is OK for r in await asyncio.gather(*(verify() for _ in range(20))))
+        failing = True
+        for _ in range(3):
+            with pytest.raises(ConnectionError):
+                await verify()
+        assert [a.kind for a in verify.alerts] == ["triggered"]  # alerting works in memory
+        assert len(degraded) == 1 and store.outages == 1  # type: ignore[attr-defined]
+        assert len([line for line in logs if "unreachable" in line]) == 1
+        failing = False
+        redis_server.start()
+        fake_clock.advance(5)  # the next probe is due
+        assert await verify() is OK  # shared state again (Redis restarted empty: closed)
+        assert all(r is OK for r in await asyncio.gather(*(verify() for _ in range(5))))
+        assert not store.degraded  # type: ignore[attr-defined]
+        assert any("reachable again" in line for line in logs)
+        assert len(degraded) == 1
+    finally:
+        logger.remove(sink)
+
+
+async def test_a_restart_between_async_calls_is_not_an_outage(redis_server: Any) -> None:
+    degraded: list[str] = []
+    store = RedisStore(redis_server.url, on_degraded=degraded.append)
+    assert await store.aupdate("k", bump) == 1
+    redis_server.stop()
+    redis_server.start()  # empty again: nothing is saved
+    assert await store.aupdate("k", bump) == 1
+    assert not store.degraded and degraded == []

@@ -58,6 +58,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -239,6 +240,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self._fallback = MemoryStore()
         self._degraded = False
+        self.outages = 0
+        """How many times Redis became unreachable (a counter for dashboards)."""
         self._next_probe = 0.0
         self._views: dict[str, tuple[float, State | None]] = {}
         self._used: dict[str, float] = {}
@@ -512,7 +515,9 @@ class RedisStore:
                 self._full,
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=timeout,
-                retry=AsyncRetry(NoBackoff(), 0),
+                # One retry on a dropped connection: a pooled connection that died with a
+                # restarted server is replaced rather than taken for an outage.
+                retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
             found = (client, client.register_script(_CAS), client.register_script(_FETCH))
             self._async[loop] = found
@@ -634,6 +639,7 @@ class RedisStore:
             if self._degraded:
                 return
             self._degraded = True
+            self.outages += 1
             self._views.clear()
         reason = scrub(f"Redis at {self.url} unreachable: {type(error).__name__}: {error}")
         from loguru import logger
