@@ -248,7 +248,8 @@ def test_the_concurrency_limit_holds_across_processes(redis_url: str, redis_pref
     assert 1 <= peaks[6] <= 6  # the simulator never saw more than the limit at once
 
 
-def _alerting_worker(base_url: str, state: str, barrier: Any) -> dict[str, Any]:
+def _alerting_worker(base_url: str, state: str, barrier: Any, tasks: bool) -> dict[str, Any]:
+    import asyncio
     import threading
 
     from qwed_guard import alert_on_failures, circuit_breaker, fallback
@@ -271,7 +272,24 @@ def _alerting_worker(base_url: str, state: str, barrier: Any) -> dict[str, Any]:
     def verify() -> Any:
         return _ask(base_url)
 
+    @observed(hook)
+    @fallback(value=None)
+    @alert_on_failures(threshold=5, notify=[], repeat_interval=None, key="fleet-t", state=state)
+    @circuit_breaker(failure_threshold=10, recovery_timeout=0.5, key="fleet-t", state=state)
+    async def averify() -> Any:
+        return await asyncio.to_thread(_ask, base_url)
+
+    async def together(calls: int) -> None:
+        async def one() -> None:
+            for _ in range(calls):
+                await averify()
+
+        await asyncio.gather(*(one() for _ in range(100)))
+
     def phase(calls: int) -> None:
+        if tasks:  # 100 asyncio tasks instead of 16 threads
+            asyncio.run(together(max(calls // 2, 1)))
+            return
         threads = [
             threading.Thread(target=lambda: [verify() for _ in range(calls)])
             for _ in range(THREADS)
@@ -290,11 +308,13 @@ def _alerting_worker(base_url: str, state: str, barrier: Any) -> dict[str, Any]:
     barrier.wait()  # healed, recovery_timeout passed
     phase(3)
     barrier.wait()
-    return {"alerts": [a.kind for a in verify.alerts], "transitions": seen}
+    alerts = verify.alerts if not tasks else averify.alerts
+    return {"alerts": [a.kind for a in alerts], "transitions": seen}
 
 
-def test_64_threads_in_4_processes_page_once_and_trip_once(
-    redis_url: str, redis_prefix: str
+@pytest.mark.parametrize("tasks", [False, True], ids=["16 threads", "100 tasks"])
+def test_4_processes_page_once_and_trip_once(
+    redis_url: str, redis_prefix: str, tasks: bool
 ) -> None:
     from qwed_guard.sim import SimulatedLLM
 
@@ -306,7 +326,9 @@ def test_64_threads_in_4_processes_page_once_and_trip_once(
         context.Pool(WORKERS) as pool,
     ):
         barrier = manager.Barrier(WORKERS + 1, timeout=120)
-        pending = pool.starmap_async(_alerting_worker, [(llm.base_url, state, barrier)] * WORKERS)
+        pending = pool.starmap_async(
+            _alerting_worker, [(llm.base_url, state, barrier, tasks)] * WORKERS
+        )
         barrier.wait()
         barrier.wait()
         llm.outage(3_600)

@@ -17,6 +17,7 @@ redis = pytest.importorskip("redis", reason="the redis package (extra 'fleet') i
 import redis.asyncio as aioredis  # noqa: E402
 
 from benchmarks.latency import delayed  # noqa: E402
+from qwed_guard import concurrency_limit, retry, retry_budget  # noqa: E402
 from qwed_guard.alerts import alert_on_failures  # noqa: E402
 from qwed_guard.breaker import BreakerState, circuit_breaker  # noqa: E402
 from qwed_guard.state import State  # noqa: E402
@@ -90,7 +91,10 @@ async def test_guarded_async_calls_never_block_the_loop(
     failing = False
 
     @alert_on_failures(threshold=3, notify=[], key="loop", state=state)
+    @retry_budget(ratio=0.1, min_per_second=0, key="loop", state=state)
+    @retry(max_tries=2, base=0, retry_on=["transient"])
     @circuit_breaker(failure_threshold=5, recovery_timeout=0.2, key="loop", state=state)
+    @concurrency_limit(limit=20, wait=5, key="loop", state=state)
     async def verify() -> Any:
         await asyncio.sleep(0.001)
         if failing:
@@ -112,7 +116,12 @@ async def test_guarded_async_calls_never_block_the_loop(
     snapshot = await asyncio.to_thread(verify.breaker.snapshot)
     assert snapshot["state"] == BreakerState.CLOSED and snapshot["opened"] == 1
     assert snapshot["successes"] == 101
-    assert snapshot["failures"] + snapshot["short_circuited"] == 20
+    budget = verify.find_layer("retry_budget").budget  # type: ignore[attr-defined]
+    retried = (await asyncio.to_thread(budget.snapshot))["retries"]
+    assert 0 < retried <= 0.1 * 121  # retries spent from the budget, within it
+    assert snapshot["failures"] + snapshot["short_circuited"] == 20 + retried
+    limiter = verify.find_layer("concurrency_limit").limiter  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(lambda: limiter.in_flight) == 0
 
 
 def test_one_round_trip_per_successful_call(

@@ -48,6 +48,7 @@ class Breaker:
         self.rules = rules
         self._store_key = _STORE_PREFIX + key
         self._successes_key = _STORE_PREFIX + key + ":successes"
+        self._refused_key = _STORE_PREFIX + key + ":short_circuited"
         # A shared store (Redis) is read through its view on the success path, and counts the
         # successes of a closed breaker with its next round trip; async code awaits it.
         self._shared: SharedStore | None = (
@@ -62,7 +63,9 @@ class Breaker:
     def _view(self) -> State:
         s = machine.load(self.store.get(self._store_key))
         if self._shared is not None:
-            s["successes"] += self._shared.count(self._successes_key)
+            successes, refused = self._shared.counts([self._successes_key, self._refused_key])
+            s["successes"] += successes
+            s["short_circuited"] += refused
         return s
 
     @property
@@ -125,7 +128,9 @@ class Breaker:
         """Back to closed with every count cleared (after a fix you know has landed)."""
         transition = self.store.update(self._store_key, machine.reset)
         if self._shared is not None:
-            self._shared.add(self._successes_key, -self._shared.count(self._successes_key))
+            counters = [self._successes_key, self._refused_key]
+            for counter, value in zip(counters, self._shared.counts(counters), strict=True):
+                self._shared.add(counter, -value)
         if transition is not None:
             self.announce(None, transition, None)
 
@@ -148,10 +153,24 @@ class Breaker:
                 return ticket
         elif self._shared is not None:
             # One round trip (or none, within the store's `cache`) while closed.
-            ticket = _closed(self._shared.view(self._store_key, self._shared.cache))
+            ticket = self._quick(self._shared.view(self._store_key, self._shared.cache))
             if ticket is not None:
                 return ticket
         return self.store.update(self._store_key, machine.admit(self.rules, clock.wall()))
+
+    def _quick(self, state: State | None) -> Ticket | None:
+        """The ticket a shared store's view decides alone: a call while closed, a refusal while
+        open and not yet due to probe (counted with the store's next round trip, so workers
+        refused during an outage do not contend for the key); None when an `update` must."""
+        ticket = _closed(state)
+        if ticket is not None or state is None or state["state"] != BreakerState.OPEN:
+            return ticket
+        wait = machine.retry_in(self.rules, state, clock.wall())
+        if wait <= 0:
+            return None
+        assert self._shared is not None
+        self._shared.add(self._refused_key, 1)
+        return Ticket("rejected", state["gen"], None, wait)
 
     def try_admit(self) -> Ticket | None:
         """`admit` when it needs no I/O; None when it must be awaited (`aadmit`)."""
@@ -160,7 +179,7 @@ class Breaker:
         if self._shared is not None:
             hit, state = self._shared.cached(self._store_key, self._shared.cache)
             if hit:
-                return _closed(state)
+                return self._quick(state)
         return None
 
     async def aadmit(self) -> Ticket:
@@ -168,7 +187,7 @@ class Breaker:
         store = self._async
         assert store is not None
         if self._shared is not None:
-            ticket = _closed(await self._shared.aview(self._store_key, self._shared.cache))
+            ticket = self._quick(await self._shared.aview(self._store_key, self._shared.cache))
             if ticket is not None:
                 return ticket
         return await store.aupdate(self._store_key, machine.admit(self.rules, clock.wall()))

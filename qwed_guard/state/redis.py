@@ -237,6 +237,10 @@ class RedisStore:
         self._flights: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Future[State | None]]
         ] = weakref.WeakKeyDictionary()
+        self._async_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+        self._key_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._fallback = MemoryStore()
         self._degraded = False
@@ -562,6 +566,19 @@ class RedisStore:
         return wanted
 
     def _update(self, key: str, change: Change[T], ttl: float | None) -> T:
+        # Threads of one process updating one key take turns: only other processes' writes
+        # can make a compare-and-set lose, not this process's own.
+        with self._key_lock(key):
+            return self._update_now(key, change, ttl)
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        lock = self._key_locks.get(key)
+        if lock is None:
+            with self._lock:
+                lock = self._key_locks.setdefault(key, threading.Lock())
+        return lock
+
+    def _update_now(self, key: str, change: Change[T], ttl: float | None) -> T:
         name = self.prefix + key
         ttl_ms = self._ttl_ms(ttl)
         raw = self._get(name)
@@ -581,6 +598,17 @@ class RedisStore:
         raise RedisError(f"state: {name!r} changed {_MAX_CONFLICTS} times under one update")
 
     async def _aupdate(self, key: str, change: Change[T], ttl: float | None) -> T:
+        # Tasks of one loop updating one key take turns, as threads do.
+        locks = self._async_locks.get(asyncio.get_running_loop())
+        if locks is None:
+            locks = self._async_locks[asyncio.get_running_loop()] = {}
+        lock = locks.get(key)
+        if lock is None:
+            lock = locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._aupdate_now(key, change, ttl)
+
+    async def _aupdate_now(self, key: str, change: Change[T], ttl: float | None) -> T:
         client, cas, _ = self._async_client()
         name = self.prefix + key
         ttl_ms = self._ttl_ms(ttl)
