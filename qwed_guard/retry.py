@@ -250,7 +250,7 @@ class RetryLayer(Layer):
             return self._give_up(ctx, step, outcome)
         budget = budget_of(ctx)
         if budget is not None:
-            # A retry budget (`@retry_budget` outside) may forbid the retry, fleet-wide.
+            # The call's retry budget (`@retry_budget`) may forbid the retry, fleet-wide.
             if ctx.is_async and budget.awaits:
                 return Deferred(
                     budget.aspend, functools.partial(self._budgeted, ctx, state, outcome, step)

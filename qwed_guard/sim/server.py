@@ -130,13 +130,13 @@ class _Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._serving = 0
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._requests = 0
-            self._serving = getattr(self, "_serving", 0)  # requests under way stay under way
-            self._peak = self._serving
+            self._peak = self._serving  # requests under way stay under way
             self._models = 0
             self._connections = 0
             # The API server's kinds (translation, logic) appear once one has been served.
