@@ -248,6 +248,7 @@ class RedisStore:
         """How many times Redis became unreachable (a counter for dashboards)."""
         self._next_probe = 0.0
         self._views: dict[str, tuple[float, State | None]] = {}
+        self._raws: dict[str, bytes | None] = {}
         self._used: dict[str, float] = {}
         self._pending: dict[str, tuple[int, str]] = {}
         self._on_degraded: list[Listener] = []
@@ -478,6 +479,7 @@ class RedisStore:
         """Delete every key under this store's prefix (and the in-memory fallback's)."""
         self._fallback.clear()
         self._views.clear()
+        self._raws.clear()
         with self._lock:
             self._pending.clear()
         if self._use_redis():
@@ -559,8 +561,10 @@ class RedisStore:
         skip = len(self.prefix)
         wanted: State | None = None
         for name, raw in zip(names, raws, strict=False):
-            state = self._decode(name, _as_bytes(raw))
+            value = _as_bytes(raw)
+            state = self._decode(name, value)
             self._views[name[skip:]] = (now, state)
+            self._raws[name[skip:]] = value
             if name[skip:] == key:
                 wanted = state
         return wanted
@@ -581,20 +585,29 @@ class RedisStore:
     def _update_now(self, key: str, change: Change[T], ttl: float | None) -> T:
         name = self.prefix + key
         ttl_ms = self._ttl_ms(ttl)
-        raw = self._get(name)
+        # Start from the value this process saw last, if any: a compare-and-set that finds it
+        # changed answers with the current value, so a stale start costs no extra trip, and a
+        # current one saves the GET. Deciding to write nothing needs a value read now.
+        verified = key not in self._raws
+        raw = self._get(name) if verified else self._raws[key]
         for _ in range(_MAX_CONFLICTS):
             current = self._decode(name, raw)
             new, decision = change(current)
             encoded = b"" if new is None else orjson.dumps(new, option=orjson.OPT_SORT_KEYS)
+            if (raw or b"") == encoded and not verified:
+                raw, verified = self._get(name), True
+                continue
             if (raw or b"") == encoded:
+                self._raws[key] = raw
                 self._views[key] = (time.monotonic(), current)
                 return decision  # nothing to write: the read was the atomic step
             present = "0" if raw is None else "1"
             reply = self._cas(keys=[name], args=[present, raw or b"", encoded, ttl_ms])
             if reply[0] == 1:
                 self._views[key] = (time.monotonic(), new)
+                self._raws[key] = encoded or None
                 return decision
-            raw = _as_bytes(reply[1]) if len(reply) > 1 else None
+            raw, verified = (_as_bytes(reply[1]) if len(reply) > 1 else None), True
         raise RedisError(f"state: {name!r} changed {_MAX_CONFLICTS} times under one update")
 
     async def _aupdate(self, key: str, change: Change[T], ttl: float | None) -> T:
@@ -612,20 +625,29 @@ class RedisStore:
         client, cas, _ = self._async_client()
         name = self.prefix + key
         ttl_ms = self._ttl_ms(ttl)
-        raw = _as_bytes(await client.get(name))
+        # Start from the value this process saw last, if any: a compare-and-set that finds it
+        # changed answers with the current value, so a stale start costs no extra trip, and a
+        # current one saves the GET. Deciding to write nothing needs a value read now.
+        verified = key not in self._raws
+        raw = _as_bytes(await client.get(name)) if verified else self._raws[key]
         for _ in range(_MAX_CONFLICTS):
             current = self._decode(name, raw)
             new, decision = change(current)
             encoded = b"" if new is None else orjson.dumps(new, option=orjson.OPT_SORT_KEYS)
+            if (raw or b"") == encoded and not verified:
+                raw, verified = _as_bytes(await client.get(name)), True
+                continue
             if (raw or b"") == encoded:
+                self._raws[key] = raw
                 self._views[key] = (time.monotonic(), current)
                 return decision
             present = "0" if raw is None else "1"
             reply = await cas(keys=[name], args=[present, raw or b"", encoded, ttl_ms])
             if reply[0] == 1:
                 self._views[key] = (time.monotonic(), new)
+                self._raws[key] = encoded or None
                 return decision
-            raw = _as_bytes(reply[1]) if len(reply) > 1 else None
+            raw, verified = (_as_bytes(reply[1]) if len(reply) > 1 else None), True
         raise RedisError(f"state: {name!r} changed {_MAX_CONFLICTS} times under one update")
 
     def _get(self, name: str) -> bytes | None:
@@ -669,6 +691,7 @@ class RedisStore:
             self._degraded = True
             self.outages += 1
             self._views.clear()
+            self._raws.clear()
         reason = scrub(f"Redis at {self.url} unreachable: {type(error).__name__}: {error}")
         from loguru import logger
 
