@@ -46,7 +46,11 @@ class Trips:
 
         def counted(client: Any, *args: Any, **options: Any) -> Any:
             self.sync += 1
-            if asyncio._get_running_loop() is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no event loop in this thread: blocking is fine
+            else:
                 self.blocking.append(str(args[0]))
             return sync_send(client, *args, **options)
 
@@ -252,3 +256,35 @@ async def test_a_restart_between_async_calls_is_not_an_outage(redis_server: Any)
     redis_server.start()  # empty again: nothing is saved
     assert await store.aupdate("k", bump) == 1
     assert not store.degraded and degraded == []
+
+
+async def test_tasks_share_one_read_and_survive_the_reader_being_cancelled(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    store = RedisStore(f"{redis_url}?prefix={redis_prefix}")
+    await store.aupdate("shared", bump)
+    await store.aview("other", 0)  # the script loaded
+    await asyncio.sleep(0.01)  # the view is now older than max_age=0
+    trips.reset()
+    views = await asyncio.gather(*(store.aview("shared", 0) for _ in range(50)))
+    assert views == [{"count": 1}] * 50
+    assert trips.async_ == 1  # one read for the fifty
+
+    await asyncio.sleep(0.01)
+    read = store._aread
+    stuck = asyncio.Event()
+
+    async def first_read_hangs(key: str) -> Any:
+        store._aread = read  # type: ignore[method-assign]
+        await stuck.wait()
+        raise AssertionError("never")
+
+    store._aread = first_read_hangs  # type: ignore[method-assign]
+    reader = asyncio.create_task(store.aview("shared", 0))
+    await asyncio.sleep(0)  # the reader's read is under way
+    waiter = asyncio.create_task(store.aview("shared", 0))
+    await asyncio.sleep(0)  # the waiter waits for it
+    reader.cancel()
+    assert await waiter == {"count": 1}  # read again by the waiter itself
+    with pytest.raises(asyncio.CancelledError):
+        await reader

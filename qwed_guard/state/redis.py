@@ -354,9 +354,12 @@ class RedisStore:
             flights = self._flights[asyncio.get_running_loop()] = {}
         flight = flights.get(key)
         if flight is not None:
-            await asyncio.wait([flight])
-            if not flight.cancelled():
-                return flight.result()
+            try:
+                return await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                if not flight.cancelled():
+                    raise  # this task is being cancelled
+                # The task that read for everyone was cancelled: read here instead.
         flight = flights[key] = asyncio.get_running_loop().create_future()
         try:
             state = await self._aread(key)
