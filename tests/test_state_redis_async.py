@@ -288,3 +288,14 @@ async def test_tasks_share_one_read_and_survive_the_reader_being_cancelled(
     assert await waiter == {"count": 1}  # read again by the waiter itself
     with pytest.raises(asyncio.CancelledError):
         await reader
+
+
+async def test_the_detector_sees_a_blocking_call(
+    redis_url: str, redis_prefix: str, trips: Trips
+) -> None:
+    store = RedisStore(f"{redis_url}?prefix={redis_prefix}")
+    store.update("k", bump)  # what the async paths must never do: a sync call on the loop
+    seen = len(trips.blocking)
+    assert seen > 0
+    await asyncio.to_thread(store.update, "k", bump)  # off the loop: fine
+    assert len(trips.blocking) == seen and trips.sync > seen
