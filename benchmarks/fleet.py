@@ -66,10 +66,15 @@ def _state_rows(section: Section, quick: bool, redis_url: str) -> None:
     redis_state = f"{redis_url}?prefix={prefix}&ttl=600"
     n = 1_000 if quick else 5_000
     repeats = 3 if quick else 5
+    places = (
+        ("memory", "memory:"),
+        ("redis", redis_state),
+        ("redis, cache=0.05 s", redis_state + "&cache=0.05"),
+    )
     contenders = {
         (workload, where): _stateful_stack(state, fail)
         for workload, fail in (("always succeeds", False), ("fails every other call", True))
-        for where, state in (("memory", "memory:"), ("redis", redis_state))
+        for where, state in places
     }
     for call in contenders.values():  # warm-up: connections, scripts loaded, lazy imports
         _calls_per_second(call, 50)
@@ -82,12 +87,93 @@ def _state_rows(section: Section, quick: bool, redis_url: str) -> None:
             samples[name].append(_calls_per_second(contenders[name], n))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     for workload in ("always succeeds", "fails every other call"):
-        memory, redis = medians[(workload, "memory")], medians[(workload, "redis")]
+        memory = medians[(workload, "memory")]
         section.rows.append([f"calls/s, {workload}, state in memory", memory, "1.00x"])
-        section.rows.append(
-            [f"calls/s, {workload}, state in Redis", redis, f"{redis / memory:.2f}x"]
-        )
+        for where in ("redis", "redis, cache=0.05 s"):
+            value = medians[(workload, where)]
+            section.rows.append(
+                [f"calls/s, {workload}, state in {where}", value, f"{value / memory:.2f}x"]
+            )
     section.data["state"] = {f"{w} / {s}": v for (w, s), v in medians.items()}
+    memory = medians[("always succeeds", "memory")]
+    goal = min(20_000.0, memory / 10)
+    for where in ("redis", "redis, cache=0.05 s"):
+        value = medians[("always succeeds", where)]
+        section.targets.append(
+            (
+                f"calls/s, state in {where}, >= {goal:,.0f} (20,000 or 10% of in-memory, "
+                "the lower)",
+                value >= goal,
+                f"{value:,.0f} calls/s",
+            )
+        )
+    _forget_keys(redis_url, prefix)
+
+
+def _async_stack(state: str, seconds: float) -> Callable[[], Any]:
+    import asyncio
+
+    from qwed_guard import alert_on_failures, circuit_breaker, fallback
+
+    async def provider(query: str) -> Any:
+        await asyncio.sleep(seconds)
+        return RESULT
+
+    key = f"bench-async-{uuid.uuid4().hex[:8]}"
+    wrapped = circuit_breaker(failure_threshold=1000, key=key, state=state)(provider)
+    wrapped = alert_on_failures(threshold=5, notify=[], key=key, state=state)(wrapped)
+    guarded = fallback(value=0.0)(wrapped)
+    return lambda: guarded(QUERY)
+
+
+def _async_rows(section: Section, quick: bool, redis_url: str) -> None:
+    """100 concurrent async calls of 50 ms each, state in a Redis 2 ms away (1 ms each way)."""
+    import asyncio
+
+    from benchmarks.latency import delayed
+
+    tasks, seconds = 100, 0.05
+    prefix = f"qwed-guard-bench:{uuid.uuid4().hex[:8]}:"
+    repeats = 5 if quick else 9
+
+    async def wall(call: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(call() for _ in range(tasks)))
+        return time.perf_counter() - started
+
+    async def measure(far: str) -> dict[str, float]:
+        contenders = {
+            "state in memory": _async_stack("memory:", seconds),
+            "state in Redis, 2 ms round trip": _async_stack(f"{far}?prefix={prefix}", seconds),
+        }
+        for call in contenders.values():
+            await wall(call)  # connections made, scripts loaded
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(repeats):
+            for name, call in contenders.items():
+                samples[name].append(await wall(call))
+        return {name: statistics.median(values) for name, values in samples.items()}
+
+    with delayed(redis_url, 0.001) as far:
+        medians = asyncio.run(measure(far))
+    section.rows.append([f"async wall, {tasks} tasks x 50 ms, ideal", seconds * 1000, "-"])
+    for name, value in medians.items():
+        section.rows.append(
+            [
+                f"async wall ms, {tasks} tasks x 50 ms, {name}",
+                value * 1000,
+                f"{value / seconds:.2f}x",
+            ]
+        )
+    redis_wall = medians["state in Redis, 2 ms round trip"]
+    section.targets.append(
+        (
+            "async wall <= 1.2x ideal (100 tasks x 50 ms, Redis 2 ms away)",
+            redis_wall <= 1.2 * seconds,
+            f"{redis_wall * 1000:.1f} ms = {redis_wall / seconds:.2f}x",
+        )
+    )
+    section.data["async_wall"] = medians
     _forget_keys(redis_url, prefix)
 
 
@@ -167,6 +253,58 @@ def _audit_rows(section: Section, quick: bool, postgres_url: str, workdir: Path)
     section.data["audit"] = medians
 
 
+def _budget_rows(section: Section, quick: bool, redis_url: str) -> None:
+    """Requests the provider gets during an outage (the simulator's `outage` profile, every
+    request a 503), from the same calls with `@retry(max_tries=4)`, without and with a retry
+    budget (`ratio=0.2`, kept in Redis)."""
+    import http.client
+    import json
+
+    from qwed_guard import VerificationFailed, retry, retry_budget
+    from qwed_guard.sim import SimulatedLLM
+
+    calls = 200 if quick else 1_000
+    prefix = f"qwed-guard-bench:{uuid.uuid4().hex[:8]}:"
+    body = json.dumps({"model": "qwed-sim", "messages": [{"role": "user", "content": QUERY}]})
+    with SimulatedLLM(profile="outage", seed=5, outage_after=0, outage_seconds=86_400) as llm:
+        conn = http.client.HTTPConnection("127.0.0.1", llm.port, timeout=10)
+
+        def provider() -> Any:
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status >= 500:
+                raise ConnectionError(f"{response.status} Service Unavailable")
+            return RESULT
+
+        plain = retry(max_tries=4, base=0, jitter=None)(provider)
+        budgeted = retry_budget(ratio=0.2, key="bench", state=f"{redis_url}?prefix={prefix}")(
+            retry(max_tries=4, base=0, jitter=None)(provider)
+        )
+        requests = {}
+        for name, fn in (
+            ("without a retry budget", plain),
+            ("with retry_budget(ratio=0.2)", budgeted),
+        ):
+            before = llm.stats()["requests"]
+            for _ in range(calls):
+                with contextlib.suppress(VerificationFailed):
+                    fn()
+            requests[name] = llm.stats()["requests"] - before
+        conn.close()
+    without = requests["without a retry budget"]
+    for name, value in requests.items():
+        section.rows.append(
+            [
+                f"provider requests during an outage, {calls} calls, {name}",
+                value,
+                f"{value / without:.2f}x",
+            ]
+        )
+    section.data["retry_budget"] = {"calls": calls, **requests}
+    _forget_keys(redis_url, prefix)
+
+
 def run(quick: bool, workdir: Path) -> Section:
     section = Section(
         "fleet",
@@ -183,6 +321,8 @@ def run(quick: bool, workdir: Path) -> Section:
         return section
     if redis_answers(redis_url):
         _state_rows(section, quick, redis_url)
+        _async_rows(section, quick, redis_url)
+        _budget_rows(section, quick, redis_url)
     else:
         absent = f"not measured: no Redis at {_where(redis_url)}; {HOW_TO_START}"
         section.rows.append(["state in Redis", absent, "-"])
@@ -196,6 +336,12 @@ def run(quick: bool, workdir: Path) -> Section:
                 "-",
             ]
         )
+    section.notes.append(
+        "Async rows: 100 concurrent calls of 50 ms through the same stack, with Redis behind a "
+        "proxy that delays each direction by 1 ms (benchmarks/latency.py); ideal is 50 ms. "
+        "Outage rows: the simulator's `outage` profile, every request a 503; the budget allows "
+        "retries up to 20% of the calls plus 1/s over 10 s."
+    )
     section.notes.append(
         "Redis and PostgreSQL run on this machine (127.0.0.1), so every state update and every "
         "batch pays a loopback round trip, not a network's. State rows: "

@@ -14,6 +14,8 @@ from qwed_guard._version import __version__
 from qwed_guard.alerts import Alert, alert_on_failures
 from qwed_guard.audit import audited
 from qwed_guard.breaker import BreakerState, CircuitOpen, circuit_breaker
+from qwed_guard.budget import retry_budget
+from qwed_guard.bulkhead import ConcurrencyLimited, concurrency_limit
 from qwed_guard.client import guarded_client
 from qwed_guard.context import Attempt, audit_context
 from qwed_guard.errors import (
@@ -41,6 +43,7 @@ __all__ = [
     "BreakerState",
     "CallOutcome",
     "CircuitOpen",
+    "ConcurrencyLimited",
     "Diagnosis",
     "Failure",
     "FallbackError",
@@ -59,6 +62,7 @@ __all__ = [
     "audited",
     "circuit_breaker",
     "classify",
+    "concurrency_limit",
     "diagnose",
     "fallback",
     "guard_client",
@@ -67,4 +71,5 @@ __all__ = [
     "register_verdict",
     "remove_hook",
     "retry",
+    "retry_budget",
 ]

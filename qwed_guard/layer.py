@@ -71,10 +71,15 @@ class CallOutcome(NamedTuple):
 
 
 class Deferred(NamedTuple):
-    """An `exit` that must await something (an async fallback handler) before it settles."""
+    """An `enter` or `exit` that must await something (an async fallback handler, a shared
+    state store) before it settles. Async calls only.
+
+    `settle(value, exception)` gets what `call()` returned or raised and returns what `enter`
+    or `exit` would have: for `enter` the layer's state or a `CallOutcome`, for `exit` a step.
+    """
 
     call: Callable[[], Awaitable[Any]]
-    settle: Callable[[Any, Exception | None], CallOutcome]
+    settle: Callable[[Any, Exception | None], Any]
 
 
 Step = CallOutcome | float | Deferred
@@ -323,6 +328,8 @@ def _step_async(layer: Layer, policy_hash: str | None, inner: RunAsync) -> RunAs
         if enter is not None:
             try:
                 state = enter(ctx)
+                if type(state) is Deferred:  # a shared store to await before the call
+                    state = await _settle(state)
             except Exception as exc:
                 return outcome_of(exc)
             if type(state) is CallOutcome:
@@ -369,7 +376,7 @@ def _compile_async(steps: Steps) -> RunAsync:
     return run
 
 
-async def _settle(deferred: Deferred) -> CallOutcome:
+async def _settle(deferred: Deferred) -> Any:
     try:
         value = await deferred.call()
     except Exception as exc:

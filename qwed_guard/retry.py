@@ -8,6 +8,7 @@ backoff's wait generators and jitter compute the schedule; the loop is ours.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from typing import Any
 import backoff
 
 from qwed_guard import clock
+from qwed_guard.budget import budget_of
 from qwed_guard.context import CallContext
 from qwed_guard.errors import VerificationFailed
 from qwed_guard.hooks import GaveUp, RetryScheduled
-from qwed_guard.layer import CallOutcome, Layer
+from qwed_guard.layer import CallOutcome, Deferred, Layer, Step
 from qwed_guard.options import (
     Options,
     choice,
@@ -181,7 +183,7 @@ class RetryLayer(Layer):
         ctx.wait_before = 0.0
         return run
 
-    def exit(self, ctx: CallContext, state: _Run, outcome: CallOutcome) -> CallOutcome | float:
+    def exit(self, ctx: CallContext, state: _Run, outcome: CallOutcome) -> Step:
         diagnosis = outcome.diagnosis
         if outcome.exception is None and diagnosis.outcome in ANSWERED:
             ctx.classifier = state.classifier
@@ -193,6 +195,33 @@ class RetryLayer(Layer):
         if isinstance(step, str):
             ctx.classifier = state.classifier
             return self._give_up(ctx, step, outcome)
+        budget = budget_of(ctx)
+        if budget is not None:
+            # The call's retry budget (`@retry_budget`) may forbid the retry, fleet-wide.
+            if ctx.is_async and budget.awaits:
+                return Deferred(
+                    budget.aspend, functools.partial(self._budgeted, ctx, state, outcome, step)
+                )
+            return self._budgeted(ctx, state, outcome, step, budget.spend(), None)
+        return self._schedule(ctx, diagnosis, step)
+
+    def _budgeted(
+        self,
+        ctx: CallContext,
+        state: _Run,
+        outcome: CallOutcome,
+        wait: float,
+        refusal: str | None,
+        exc: Exception | None,
+    ) -> CallOutcome | float:
+        if exc is not None:
+            raise exc
+        if refusal is not None:
+            ctx.classifier = state.classifier
+            return self._give_up(ctx, refusal, outcome)
+        return self._schedule(ctx, outcome.diagnosis, wait)
+
+    def _schedule(self, ctx: CallContext, diagnosis: Diagnosis, step: float) -> float:
         if ctx.wants(RetryScheduled):
             ctx.send(RetryScheduled(ctx.attempt, clock.wall(), step, diagnosis.outcome))
         ctx.attempt += 1

@@ -27,7 +27,9 @@ DECORATORS = {
     "alert_on_failures": "qwed_guard.alerts.alert_on_failures",
     "retry": "qwed_guard.retry.retry",
     "circuit_breaker": "qwed_guard.breaker.circuit_breaker",
+    "concurrency": "qwed_guard.bulkhead.concurrency_limit",
     "attempt_timeout": "qwed_guard.timeout.attempt_timeout",
+    "retry_budget": "qwed_guard.budget.retry_budget",
 }
 
 

@@ -22,7 +22,7 @@ from qwed_guard.alerts.record import AlertHistory, AlertKind, Reason, rfc3339
 from qwed_guard.alerts.send import alert_failed, raise_alert
 from qwed_guard.context import CallContext
 from qwed_guard.errors import MAX_COUNT, bad_parameter
-from qwed_guard.layer import CallOutcome, Layer
+from qwed_guard.layer import CallOutcome, Deferred, Layer
 from qwed_guard.options import (
     CHANNELS,
     STRING,
@@ -41,6 +41,7 @@ from qwed_guard.options import (
 )
 from qwed_guard.outcomes import ANSWERED, Diagnosis, Outcome
 from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+from qwed_guard.state.base import AsyncStateStore, SharedStore
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
 __all__ = [
@@ -321,6 +322,13 @@ class AlertLayer(Layer):
         )
         self.key = o.key
         self.store = _store(o.state)
+        store = self.store
+        self._shared: SharedStore | None = (
+            store if type(store) is not MemoryStore and isinstance(store, SharedStore) else None
+        )
+        self._async: AsyncStateStore | None = (
+            store if type(store) is not MemoryStore and isinstance(store, AsyncStateStore) else None
+        )
         self.channels: list[Channel] = build_channels(o.notify, float(o.timeout))
         delays = tuple(float(d) for d in o.retry_delays)
         self.workers = [
@@ -379,36 +387,73 @@ class AlertLayer(Layer):
 
     # ------------------------------------------------------------------ calls
 
-    def exit(self, ctx: CallContext, state: None, outcome: CallOutcome) -> CallOutcome:
+    def exit(self, ctx: CallContext, state: None, outcome: CallOutcome) -> CallOutcome | Deferred:
         diagnosis = outcome.diagnosis
         failed = outcome.exception is not None or diagnosis.outcome not in ANSWERED
         if failed or not self._steady(ctx):
+            if ctx.is_async and self._async is not None:
+                # A shared store is awaited: the event loop never waits on it.
+                return Deferred(
+                    functools.partial(self._aobserve, ctx, diagnosis, failed),
+                    lambda _value, _exc: outcome,
+                )
             self._observe(ctx, diagnosis, failed=failed)
         return outcome
 
     def _steady(self, ctx: CallContext) -> bool:
         """True when a success changes nothing: `decide` keeps no state and sends no alert for
-        a healthy key. With the in-process store that is seen without taking its lock."""
+        a healthy key. With the in-process store that is seen without taking its lock; with a
+        shared one, in the view read during this call (or within the store's `cache`)."""
+        if self.rules.rate_threshold is not None:
+            return False
         store = self.store
-        return (
-            type(store) is MemoryStore
-            and self.rules.rate_threshold is None
-            and store.peek(_STATE_PREFIX + (self.key or ctx.function)) is None
+        key = _STATE_PREFIX + (self.key or ctx.function)
+        if type(store) is MemoryStore:
+            return store.peek(key) is None
+        shared = self._shared
+        if shared is None:
+            return False
+        age = max(shared.cache, clock.monotonic() - ctx.started)
+        hit, state = shared.cached(key, age)
+        if hit:
+            return state is None
+        if ctx.is_async:
+            return False  # `_aobserve` reads it, awaited
+        return shared.view(key, age) is None
+
+    def _change(self, diagnosis: Diagnosis, failed: bool, now: float) -> Any:
+        return functools.partial(
+            decide,
+            failed=failed,
+            permanent=diagnosis.outcome is Outcome.PERMANENT,
+            short_circuited=diagnosis.outcome is Outcome.SHORT_CIRCUITED,
+            now=now,
+            rules=self.rules,
         )
 
     def _observe(self, ctx: CallContext, diagnosis: Diagnosis, *, failed: bool) -> None:
         key = self.key or ctx.function
         try:
             now = clock.wall()
-            change = functools.partial(
-                decide,
-                failed=failed,
-                permanent=diagnosis.outcome is Outcome.PERMANENT,
-                short_circuited=diagnosis.outcome is Outcome.SHORT_CIRCUITED,
-                now=now,
-                rules=self.rules,
-            )
-            decision = self.store.update(_STATE_PREFIX + key, change)
+            decision = self.store.update(_STATE_PREFIX + key, self._change(diagnosis, failed, now))
+            if decision is not None:
+                self._raise_alert(ctx, key, decision, diagnosis, now)
+        except Exception as exc:  # alerting must never break the call it watches
+            alert_failed(f"alerting for {key}", exc)
+
+    async def _aobserve(self, ctx: CallContext, diagnosis: Diagnosis, failed: bool) -> None:
+        key = self.key or ctx.function
+        store = self._async
+        assert store is not None
+        try:
+            shared = self._shared
+            if not failed and shared is not None and self.rules.rate_threshold is None:
+                age = max(shared.cache, clock.monotonic() - ctx.started)
+                if await shared.aview(_STATE_PREFIX + key, age) is None:
+                    return  # healthy, staying healthy
+            now = clock.wall()
+            change = self._change(diagnosis, failed, now)
+            decision = await store.aupdate(_STATE_PREFIX + key, change)
             if decision is not None:
                 self._raise_alert(ctx, key, decision, diagnosis, now)
         except Exception as exc:  # alerting must never break the call it watches

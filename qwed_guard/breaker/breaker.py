@@ -15,11 +15,15 @@ from qwed_guard.context import CallContext
 from qwed_guard.hooks import BreakerChanged
 from qwed_guard.outcomes import Diagnosis, Outcome, scrub
 from qwed_guard.state import MemoryStore, State, StateStore
+from qwed_guard.state.base import AsyncStateStore, SharedStore
 
 if TYPE_CHECKING:
     from qwed_guard.alerts.delivery import Worker
 
-__all__ = ["Breaker"]
+__all__ = ["PENDING", "Breaker"]
+
+PENDING: Any = object()
+"""What `Breaker.try_report` returns when the report must be awaited (`areport`)."""
 
 _STORE_PREFIX = "breaker:"
 _DEDUP_PREFIX = "qwed-guard:breaker:"
@@ -43,11 +47,26 @@ class Breaker:
         self.store = store
         self.rules = rules
         self._store_key = _STORE_PREFIX + key
+        self._successes_key = _STORE_PREFIX + key + ":successes"
+        self._refused_key = _STORE_PREFIX + key + ":short_circuited"
+        # A shared store (Redis) is read through its view on the success path, and counts the
+        # successes of a closed breaker with its next round trip; async code awaits it.
+        self._shared: SharedStore | None = (
+            store if type(store) is not MemoryStore and isinstance(store, SharedStore) else None
+        )
+        self._async: AsyncStateStore | None = (
+            store if type(store) is not MemoryStore and isinstance(store, AsyncStateStore) else None
+        )
         self._workers = tuple(workers)
         self._alerts = AlertHistory() if self._workers else None
 
     def _view(self) -> State:
-        return machine.load(self.store.get(self._store_key))
+        s = machine.load(self.store.get(self._store_key))
+        if self._shared is not None:
+            successes, refused = self._shared.counts([self._successes_key, self._refused_key])
+            s["successes"] += successes
+            s["short_circuited"] += refused
+        return s
 
     @property
     def state(self) -> BreakerState:
@@ -108,6 +127,10 @@ class Breaker:
     def reset(self) -> None:
         """Back to closed with every count cleared (after a fix you know has landed)."""
         transition = self.store.update(self._store_key, machine.reset)
+        if self._shared is not None:
+            counters = [self._successes_key, self._refused_key]
+            for counter, value in zip(counters, self._shared.counts(counters), strict=True):
+                self._shared.add(counter, -value)
         if transition is not None:
             self.announce(None, transition, None)
 
@@ -125,19 +148,106 @@ class Breaker:
         if type(store) is MemoryStore:
             # A closed breaker admits without writing anything: with the in-process store
             # that is seen without its lock (stored states are replaced, never mutated).
-            state = store.peek(self._store_key)
-            if state is None:
-                return FIRST_TICKET
-            if state["state"] == BreakerState.CLOSED:
-                return Ticket("call", state["gen"], None, None)
+            ticket = _closed(store.peek(self._store_key))
+            if ticket is not None:
+                return ticket
+        elif self._shared is not None:
+            # One round trip (or none, within the store's `cache`) while closed.
+            ticket = self._quick(self._shared.view(self._store_key, self._shared.cache))
+            if ticket is not None:
+                return ticket
         return self.store.update(self._store_key, machine.admit(self.rules, clock.wall()))
+
+    def _quick(self, state: State | None) -> Ticket | None:
+        """The ticket a shared store's view decides alone: a call while closed, a refusal while
+        open and not yet due to probe (counted with the store's next round trip, so workers
+        refused during an outage do not contend for the key); None when an `update` must."""
+        ticket = _closed(state)
+        if ticket is not None or state is None or state["state"] != BreakerState.OPEN:
+            return ticket
+        wait = machine.retry_in(self.rules, state, clock.wall())
+        if wait <= 0:
+            return None
+        assert self._shared is not None
+        self._shared.add(self._refused_key, 1)
+        return Ticket("rejected", state["gen"], None, wait)
+
+    def try_admit(self) -> Ticket | None:
+        """`admit` when it needs no I/O; None when it must be awaited (`aadmit`)."""
+        if self._async is None:
+            return self.admit()  # in-process state: no I/O to await
+        if self._shared is not None:
+            hit, state = self._shared.cached(self._store_key, self._shared.cache)
+            if hit:
+                return self._quick(state)
+        return None
+
+    async def aadmit(self) -> Ticket:
+        """`admit`, awaited on the store's async client."""
+        store = self._async
+        assert store is not None
+        if self._shared is not None:
+            ticket = self._quick(await self._shared.aview(self._store_key, self._shared.cache))
+            if ticket is not None:
+                return ticket
+        return await store.aupdate(self._store_key, machine.admit(self.rules, clock.wall()))
 
     def report(self, ticket: Ticket, failed: bool | None, error: str | None) -> Transition | None:
         if failed is False and ticket.kind == "call" and self.rules.failure_rate is None:
             # The success path: count it, reset the streak; it cannot trip or move anything.
+            if self._counts_only(ticket):
+                return None
             return self.store.update(self._store_key, partial(machine.count_success, ticket.gen))
         change = machine.report(self.rules, ticket, failed, clock.wall(), error)
         return self.store.update(self._store_key, change)
+
+    def try_report(self, ticket: Ticket, failed: bool | None, error: str | None) -> Any:
+        """`report` when it needs no I/O; `PENDING` when it must be awaited (`areport`)."""
+        if self._async is None:
+            return self.report(ticket, failed, error)
+        if (
+            failed is False
+            and ticket.kind == "call"
+            and self.rules.failure_rate is None
+            and self._counts_only(ticket)
+        ):
+            return None
+        return PENDING
+
+    async def areport(
+        self, ticket: Ticket, failed: bool | None, error: str | None
+    ) -> Transition | None:
+        """`report`, awaited on the store's async client."""
+        store = self._async
+        assert store is not None
+        if failed is False and ticket.kind == "call" and self.rules.failure_rate is None:
+            if self._counts_only(ticket):
+                return None
+            counted = partial(machine.count_success, ticket.gen)
+            return await store.aupdate(self._store_key, counted)
+        change = machine.report(self.rules, ticket, failed, clock.wall(), error)
+        return await store.aupdate(self._store_key, change)
+
+    def _counts_only(self, ticket: Ticket) -> bool:
+        """True when a success of `ticket` only adds to the count (the streak is 0 in the view
+        it was admitted on): the shared store adds it with its next round trip."""
+        shared = self._shared
+        if shared is None:
+            return False
+        hit, state = shared.cached(self._store_key, _FOREVER)
+        if not hit:
+            return False
+        if state is None:
+            if ticket.gen != 0:
+                return False
+        elif (
+            state["state"] != BreakerState.CLOSED
+            or state["gen"] != ticket.gen
+            or state.get("consecutive", 0) != 0
+        ):
+            return False
+        shared.add(self._successes_key, 1)
+        return True
 
     def announce(
         self, ctx: CallContext | None, transition: Transition, diagnosis: Diagnosis | None
@@ -183,6 +293,18 @@ class Breaker:
             )
         except Exception as exc:  # alerting must never break the call it watches
             alert_failed(f"breaker alert for {self.key}", exc)
+
+
+_FOREVER = float("inf")
+
+
+def _closed(state: State | None) -> Ticket | None:
+    """The ticket of a closed breaker (None when it is not closed: an `update` decides)."""
+    if state is None:
+        return FIRST_TICKET
+    if state["state"] == BreakerState.CLOSED:
+        return Ticket("call", state["gen"], None, None)
+    return None
 
 
 def _log(key: str, transition: Transition) -> None:

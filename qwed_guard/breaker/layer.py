@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qwed_guard import clock
-from qwed_guard.breaker.breaker import Breaker
-from qwed_guard.breaker.machine import BreakerState, Rules, Ticket
+from qwed_guard.breaker.breaker import PENDING, Breaker
+from qwed_guard.breaker.machine import BreakerState, Rules, Ticket, Transition
 from qwed_guard.context import CallContext
 from qwed_guard.errors import MAX_COUNT, QwedGuardError, bad_parameter
-from qwed_guard.layer import CallOutcome, Layer, end_attempt
+from qwed_guard.layer import CallOutcome, Deferred, Layer, Step, end_attempt
 from qwed_guard.options import (
     CHANNELS,
     STRING,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAILURE_ON",
     "DEFAULT_FAILURE_THRESHOLD",
+    "DEFAULT_PROBE_LEASE",
     "BreakerOptions",
     "CircuitBreakerLayer",
     "CircuitOpen",
@@ -48,6 +51,8 @@ DEFAULT_FAILURE_ON: frozenset[Outcome] = frozenset({Outcome.TRANSIENT, Outcome.P
 """Provider failures. Refuted and unverifiable answers are the model's fault, not an outage."""
 DEFAULT_FAILURE_THRESHOLD = 5
 """Failed attempts in a row that open a breaker given no rule at all."""
+DEFAULT_PROBE_LEASE = 60.0
+"""Seconds a half-open probe holds its slot at most (a longer call loses it to a new probe)."""
 _COUNTABLE = frozenset(
     {Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.REFUTED, Outcome.UNVERIFIABLE}
 )
@@ -104,6 +109,14 @@ class BreakerOptions(Options):
     min_calls: int = _count(10, "Attempts seen before the rate rule applies.")
     half_open_probes: int = _count(1, "Probe calls let through at a time while half-open.")
     success_threshold: int = _count(1, "Successful probes that close it.")
+    probe_lease: float = number(
+        DEFAULT_PROBE_LEASE,
+        0,
+        _MAX_RECOVERY,
+        "Seconds a probe holds its slot at most (a dead process frees it then).",
+        above=True,
+        what="a number of seconds",
+    )
     failure_on: Collection[Outcome | str] = outcomes(
         DEFAULT_FAILURE_ON,
         _COUNTABLE,
@@ -152,6 +165,7 @@ class CircuitBreakerLayer(Layer):
             float(o.recovery_timeout),
             o.half_open_probes,
             o.success_threshold,
+            float(o.probe_lease),
         )
         failure_on = [o.failure_on] if isinstance(o.failure_on, str) else o.failure_on
         self.failure_on = frozenset(Outcome(item) for item in failure_on)
@@ -198,15 +212,31 @@ class CircuitBreakerLayer(Layer):
             f"success_threshold={r.success_threshold}",
             "failure_on=" + ",".join(sorted(o.value for o in self.failure_on)),
         ]
+        if r.probe_lease != DEFAULT_PROBE_LEASE:
+            parts.append(f"probe_lease={r.probe_lease:g} s")
         if self.key is not None:
             parts.append(f"key={self.key}")
         if self._workers:
             parts.append("notify=" + ",".join(w.channel.name for w in self._workers))
         return "circuit_breaker(" + "; ".join(parts) + ")"
 
-    def enter(self, ctx: CallContext) -> Ticket | CallOutcome:
+    def enter(self, ctx: CallContext) -> Ticket | CallOutcome | Deferred:
         breaker = self.breaker
-        ticket = breaker.admit()
+        if ctx.is_async:
+            ticket = breaker.try_admit()
+            if ticket is None:  # the shared store must be awaited
+                return Deferred(breaker.aadmit, functools.partial(self._admitted, ctx))
+        else:
+            ticket = breaker.admit()
+        return self._admitted(ctx, ticket, None)
+
+    def _admitted(
+        self, ctx: CallContext, ticket: Ticket | None, exc: Exception | None
+    ) -> Ticket | CallOutcome:
+        if exc is not None:
+            raise exc
+        assert ticket is not None
+        breaker = self.breaker
         if ticket.kind == "rejected":
             started = clock.monotonic()  # no call: the attempt takes only this decision
             state = BreakerState.OPEN if ticket.retry_in is not None else BreakerState.HALF_OPEN
@@ -217,24 +247,57 @@ class CircuitBreakerLayer(Layer):
             breaker.announce(ctx, ticket.transition, None)
         return ticket
 
-    def exit(self, ctx: CallContext, state: Ticket, outcome: CallOutcome) -> CallOutcome:
-        self._report(ctx, state, outcome.diagnosis)
+    def exit(self, ctx: CallContext, state: Ticket, outcome: CallOutcome) -> Step:
+        diagnosis = outcome.diagnosis
+        failed, error = self._judge(diagnosis)
+        breaker = self.breaker
+        if ctx.is_async:
+            transition = breaker.try_report(state, failed, error)
+            if transition is PENDING:
+                return Deferred(
+                    functools.partial(breaker.areport, state, failed, error),
+                    functools.partial(self._reported, ctx, outcome),
+                )
+        else:
+            transition = breaker.report(state, failed, error)
+        if transition is not None:
+            breaker.announce(ctx, transition, diagnosis)
+        return outcome
+
+    def _reported(
+        self,
+        ctx: CallContext,
+        outcome: CallOutcome,
+        transition: Transition | None,
+        exc: Exception | None,
+    ) -> CallOutcome:
+        if exc is not None:
+            raise exc
+        if transition is not None:
+            self.breaker.announce(ctx, transition, outcome.diagnosis)
         return outcome
 
     def interrupted(self, ctx: CallContext, state: Ticket, exc: BaseException) -> None:
-        self._report(ctx, state, None)  # free a probe slot, count nothing
-
-    def _report(self, ctx: CallContext, ticket: Ticket, diagnosis: Diagnosis | None) -> None:
-        failed: bool | None = None
-        error: str | None = None
-        if diagnosis is not None and diagnosis.outcome is not Outcome.SHORT_CIRCUITED:
-            # A deterministic refusal is an answer: the provider worked.
-            failed = diagnosis.outcome in self.failure_on and not diagnosis.final
-            error = diagnosis.error
+        # Free a probe slot, count nothing. An async call does that without blocking its loop
+        # (the slot's lease frees it anyway should the loop stop first).
         breaker = self.breaker
-        transition = breaker.report(ticket, failed, error)
-        if transition is not None:
-            breaker.announce(ctx, transition, diagnosis)
+        if ctx.is_async:
+            if breaker.try_report(state, None, None) is PENDING:
+                task = asyncio.get_running_loop().create_task(breaker.areport(state, None, None))
+                _RELEASING.add(task)
+                task.add_done_callback(_RELEASING.discard)
+            return
+        breaker.report(state, None, None)
+
+    def _judge(self, diagnosis: Diagnosis) -> tuple[bool | None, str | None]:
+        if diagnosis.outcome is Outcome.SHORT_CIRCUITED:
+            return None, None  # a refusal by a breaker: not the provider's doing
+        # A deterministic refusal is an answer: the provider worked.
+        return diagnosis.outcome in self.failure_on and not diagnosis.final, diagnosis.error
+
+
+_RELEASING: set[asyncio.Task[Any]] = set()
+"""Probe slots being freed after a cancellation (a reference, so the task is not collected)."""
 
 
 @layer_decorator(BreakerOptions, CircuitBreakerLayer)

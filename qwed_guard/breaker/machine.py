@@ -40,6 +40,8 @@ class Rules:
     recovery_timeout: float
     half_open_probes: int
     success_threshold: int
+    probe_lease: float = 60.0
+    """Seconds a probe slot is held at most: a probe whose process died frees it then."""
 
     def trips(self, s: State) -> Trip | None:
         """Why a closed breaker must open now, if it must."""
@@ -88,6 +90,8 @@ class Ticket(NamedTuple):
     """The state generation it was admitted in: a result from an older one changes nothing."""
     transition: Transition | None
     retry_in: float | None
+    lease: float | None = None
+    """A probe's lease: the wall time its slot frees itself (the slot's name in `leases`)."""
 
 
 FIRST_TICKET = Ticket("call", 0, None, None)
@@ -102,6 +106,7 @@ def fresh() -> State:
         "consecutive": 0,
         "recent": [],
         "probes": 0,
+        "leases": [],
         "probe_ok": 0,
         "failures": 0,
         "successes": 0,
@@ -136,7 +141,9 @@ def move(
 ) -> Transition:
     """Change `s` in place to the `new` state, entered at `now`."""
     old = BreakerState(s["state"])
-    s.update(state=new.value, gen=s["gen"] + 1, since=now, reason=reason, probes=0, probe_ok=0)
+    s.update(
+        state=new.value, gen=s["gen"] + 1, since=now, reason=reason, probes=0, leases=[], probe_ok=0
+    )
     if new is BreakerState.OPEN:
         s["opened"] += 1
     if trip is not None:
@@ -168,17 +175,30 @@ def admit(rules: Rules, now: float) -> Callable[[State | None], tuple[State | No
             if wait <= 0:
                 reason = f"recovery_timeout {rules.recovery_timeout:g} s passed"
                 transition = move(s, BreakerState.HALF_OPEN, now, reason)
-                s["probes"] = 1
-                return s, Ticket("probe", s["gen"], transition, None)
+                lease = _lease(s, rules, now)
+                return s, Ticket("probe", s["gen"], transition, None, lease)
             s["short_circuited"] += 1
             return s, Ticket("rejected", s["gen"], None, wait)
+        # A slot whose lease ran out was held by a probe that never reported: its process died.
+        leases = [t for t in s["leases"] if t > now]
+        s["leases"], s["probes"] = leases, len(leases)
         if s["probes"] < rules.half_open_probes:
-            s["probes"] += 1
-            return s, Ticket("probe", s["gen"], None, None)
+            lease = _lease(s, rules, now)
+            return s, Ticket("probe", s["gen"], None, None, lease)
         s["short_circuited"] += 1
         return s, Ticket("rejected", s["gen"], None, None)
 
     return change
+
+
+def _lease(s: State, rules: Rules, now: float) -> float:
+    """Take a probe slot until `now + probe_lease` (a distinct time per slot: its name)."""
+    lease = now + rules.probe_lease
+    while lease in s["leases"]:
+        lease += 1e-6
+    s["leases"] = [*s["leases"], lease]
+    s["probes"] = len(s["leases"])
+    return lease
 
 
 def report(
@@ -195,7 +215,9 @@ def report(
             return s, None
         current = s["state"]
         if ticket.kind == "probe" and current == BreakerState.HALF_OPEN:
-            s["probes"] = max(s["probes"] - 1, 0)
+            # The probe frees its slot (unless its lease ran out and another probe took it).
+            leases = [t for t in s["leases"] if t != ticket.lease]
+            s["leases"], s["probes"] = leases, len(leases)
             if failed:
                 return s, move(s, BreakerState.OPEN, now, f"probe failed: {error or 'failure'}")
             if failed is False:

@@ -38,6 +38,7 @@ from qwed_guard.policy._sections import (
     UNSET,
     VERDICT,
     VERDICT_SPEC,
+    WATCHING,
     Section,
     did_you_mean,
 )
@@ -412,6 +413,7 @@ def _order_from(raw: Any, sections: list[str], problems: _Problems) -> tuple[str
 
 def _blinding(order: tuple[str, ...]) -> list[str]:
     """Why this order hides something from a layer; empty when it does not."""
+    order = tuple(name for name in order if name not in WATCHING)  # see the whole call anyway
     where = {name: index for index, name in enumerate(order)}
     reasons: list[str] = []
     timeout_at = where.get("attempt_timeout")

@@ -15,6 +15,7 @@ __all__ = [
     "UNSET",
     "VERDICT",
     "VERDICT_SPEC",
+    "WATCHING",
     "Section",
     "did_you_mean",
 ]
@@ -36,9 +37,14 @@ SECTIONS: Final[dict[str, Section]] = {
     "alert_on_failures": Section("qwed_guard.alerts", "AlertLayer"),
     "retry": Section("qwed_guard.retry", "RetryLayer"),
     "circuit_breaker": Section("qwed_guard.breaker", "CircuitBreakerLayer"),
+    "concurrency": Section("qwed_guard.bulkhead", "ConcurrencyLimitLayer"),
     "attempt_timeout": Section("qwed_guard.timeout", "AttemptTimeoutLayer"),
+    # Watches the whole call from wherever it sits (a hook, not a step).
+    "retry_budget": Section("qwed_guard.budget", "RetryBudgetLayer"),
 }
 CANONICAL_ORDER: Final[tuple[str, ...]] = tuple(SECTIONS)
+WATCHING: Final = frozenset({"retry_budget"})
+"""Sections whose layer watches the whole call wherever it sits: no order hides anything."""
 # Not a layer: how the whole stack judges results (qwed_guard.verdicts.VerdictRules).
 VERDICT: Final = "verdict"
 VERDICT_SPEC: Final = Section("qwed_guard.verdicts", "VerdictRules")

@@ -3,6 +3,7 @@
 Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` in the shapes the openai SDK parses,
 ``GET /stats`` (what was served, as JSON), and two controls for programs that run it with
 ``qwed-guard sim``: ``POST /sim/outage`` (``{"seconds": 10}``) and ``POST /sim/reset`` (stats).
+``GET /sim/in_flight`` says how many chat completions are being served now and at most at once.
 HTTP/1.1 keep-alive works, so the SDK's pooled connections are reused; `stop()` closes them, so
 a stopped simulator really refuses connections ("Connection error." in QWEDLocal). Like
 OpenAI's API, JSON bodies are gzip-compressed for clients that accept it (the SDK's do).
@@ -129,11 +130,13 @@ class _Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._serving = 0
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._requests = 0
+            self._peak = self._serving  # requests under way stay under way
             self._models = 0
             self._connections = 0
             # The API server's kinds (translation, logic) appear once one has been served.
@@ -157,6 +160,15 @@ class _Stats:
                 self._delayed += 1
                 self._delay_total += delay
             self._history.append((prompt or "invalid", reply_key))
+
+    def serving(self, change: int) -> None:
+        with self._lock:
+            self._serving += change
+            self._peak = max(self._peak, self._serving)
+
+    def in_flight(self) -> dict[str, int]:
+        with self._lock:
+            return {"now": self._serving, "peak": self._peak}
 
     def model_listed(self) -> None:
         with self._lock:
@@ -307,6 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(body).encode())
         elif path in ("/stats", "/v1/stats"):
             self._send(200, json.dumps(sim.stats()).encode())
+        elif path == "/sim/in_flight":
+            self._send(200, json.dumps(sim.in_flight()).encode())
         else:
             self._not_found("GET")
 
@@ -314,7 +328,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         body = self._read_body()
         if path in ("/v1/chat/completions", "/chat/completions"):
-            self._chat(body)
+            stats = self.server.sim._stats
+            stats.serving(+1)
+            try:
+                self._chat(body)
+            finally:
+                stats.serving(-1)
         elif path == "/sim/outage":
             self._control_outage(body)
         elif path == "/sim/reset":
@@ -665,6 +684,11 @@ class SimulatedLLM:
         and the ``profile`` and ``seed``.
         """
         return self._stats.snapshot({"profile": self.profile, "seed": self.seed})
+
+    def in_flight(self) -> dict[str, int]:
+        """Chat completions being served now (`now`) and the most at once since the start or
+        the last `reset_stats` (`peak`): what a concurrency limit must keep down."""
+        return self._stats.in_flight()
 
     def reset_stats(self) -> None:
         """Zero the counters and the history (the random sequence carries on)."""
