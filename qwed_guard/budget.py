@@ -26,7 +26,6 @@ from typing import Any
 
 from qwed_guard import clock
 from qwed_guard.context import CallContext
-from qwed_guard.errors import bad_parameter
 from qwed_guard.hooks import (
     AlertSent,
     AttemptEnded,
@@ -49,7 +48,7 @@ from qwed_guard.options import (
     options_from,
     text,
 )
-from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+from qwed_guard.state import MemoryStore, State, StateStore, configured_store, store_for
 from qwed_guard.state.base import AsyncStateStore, SharedStore
 
 __all__ = ["RetryBudget", "RetryBudgetLayer", "RetryBudgetOptions", "budget_of", "retry_budget"]
@@ -238,12 +237,7 @@ class RetryBudgetLayer(Layer):
         self.window = float(o.window)
         key, state = o.key, o.state
         self.key = key
-        try:
-            self._store: StateStore | None = None if state is None else store_from_url(state)
-        except (TypeError, ValueError) as error:
-            raise bad_parameter(
-                "state", str(error).removeprefix("state: "), wrong_type=isinstance(error, TypeError)
-            ) from None
+        self._store = configured_store(state)
         self._budget: RetryBudget | None = None
         self.hooks = (self._hook,)
 
@@ -256,12 +250,7 @@ class RetryBudgetLayer(Layer):
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> RetryBudgetLayer:
         bound = copy.copy(self)
-        if self._store is not None:
-            store = self._store
-        elif self.key is not None:
-            store = _SHARED_STORE
-        else:
-            store = MemoryStore()
+        store = store_for(self._store, self.key, _SHARED_STORE)
         bound._budget = RetryBudget(
             self.key or key, store, self.ratio, self.min_per_second, self.window
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 from qwed_guard import clock
 from qwed_guard.context import CallContext
-from qwed_guard.errors import MAX_COUNT, QwedGuardError, bad_parameter
+from qwed_guard.errors import MAX_COUNT, QwedGuardError
 from qwed_guard.layer import CallOutcome, Deferred, Layer, Step, end_attempt
 from qwed_guard.options import (
     STRING,
@@ -39,7 +39,7 @@ from qwed_guard.options import (
     text,
 )
 from qwed_guard.outcomes import Diagnosis, Outcome
-from qwed_guard.state import MemoryStore, State, StateStore, store_from_url
+from qwed_guard.state import MemoryStore, State, StateStore, configured_store, store_for
 from qwed_guard.state.base import AsyncStateStore
 
 __all__ = [
@@ -201,12 +201,7 @@ class ConcurrencyLimitLayer(Layer):
         self.lease = float(o.lease)
         key, state = o.key, o.state
         self.key = key
-        try:
-            self._store: StateStore | None = None if state is None else store_from_url(state)
-        except (TypeError, ValueError) as error:
-            raise bad_parameter(
-                "state", str(error).removeprefix("state: "), wrong_type=isinstance(error, TypeError)
-            ) from None
+        self._store = configured_store(state)
         self._limiter: Limiter | None = None
 
     @property
@@ -218,12 +213,7 @@ class ConcurrencyLimitLayer(Layer):
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> ConcurrencyLimitLayer:
         bound = copy.copy(self)
-        if self._store is not None:
-            store = self._store
-        elif self.key is not None:
-            store = _SHARED_STORE
-        else:
-            store = MemoryStore()
+        store = store_for(self._store, self.key, _SHARED_STORE)
         bound._limiter = Limiter(self.key or key, store, self.limit, self.lease)
         return bound
 

@@ -132,7 +132,7 @@ class Layer:
 
     def expired(self, ctx: CallContext, state: Any, recorded: int, started: float) -> CallOutcome:
         """The layers inside ran past `bound` and were cancelled (the layer that set it)."""
-        raise NotImplementedError
+        raise TypeError(f"{self.kind} sets no bound: nothing inside it can run past one")
 
     def describe(self) -> str:
         """A one-line, human-readable account of this layer and its parameters."""

@@ -13,7 +13,7 @@ from qwed_guard import clock
 from qwed_guard.breaker.breaker import PENDING, Breaker
 from qwed_guard.breaker.machine import BreakerState, Rules, Ticket, Transition
 from qwed_guard.context import CallContext
-from qwed_guard.errors import MAX_COUNT, QwedGuardError, bad_parameter
+from qwed_guard.errors import MAX_COUNT, QwedGuardError
 from qwed_guard.layer import CallOutcome, Deferred, Layer, Step, end_attempt
 from qwed_guard.options import (
     CHANNELS,
@@ -31,7 +31,7 @@ from qwed_guard.options import (
     text,
 )
 from qwed_guard.outcomes import Diagnosis, Outcome
-from qwed_guard.state import MemoryStore, StateStore, store_from_url
+from qwed_guard.state import MemoryStore, StateStore, configured_store, store_for
 from qwed_guard.verdicts import Judge, VerdictRules, as_rules
 
 if TYPE_CHECKING:
@@ -151,12 +151,7 @@ class CircuitBreakerLayer(Layer):
             # No rule given: the common one. Given only a rate, only the rate: a policy file
             # (TOML has no null) must be able to ask for a rate rule without a count rule.
             threshold = DEFAULT_FAILURE_THRESHOLD
-        try:
-            self._store: StateStore | None = None if o.state is None else store_from_url(o.state)
-        except (TypeError, ValueError) as error:
-            raise bad_parameter(
-                "state", str(error).removeprefix("state: "), wrong_type=isinstance(error, TypeError)
-            ) from None
+        self._store = configured_store(o.state)
         self.rules = Rules(
             threshold,
             None if o.failure_rate is None else float(o.failure_rate),
@@ -188,14 +183,7 @@ class CircuitBreakerLayer(Layer):
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> CircuitBreakerLayer:
         bound = copy.copy(self)
-        if self._store is not None:
-            store = self._store
-        elif self.key is not None:
-            store = _SHARED_STORE
-        else:
-            # Keyed by function and private to it: two functions that happen to share a
-            # qualified name (closures, test re-definitions) never share a breaker by accident.
-            store = MemoryStore()
+        store = store_for(self._store, self.key, _SHARED_STORE)
         bound._breaker = Breaker(self.key or key, store, self.rules, self._workers)
         return bound
 

@@ -12,10 +12,20 @@ The stores: `MemoryStore` (`qwed_guard.state.memory`, the default) and `RedisSto
 
 from __future__ import annotations
 
+from qwed_guard.errors import bad_parameter
 from qwed_guard.state.base import Change, State, StateStore, freeze
 from qwed_guard.state.memory import MemoryStore
 
-__all__ = ["Change", "MemoryStore", "State", "StateStore", "freeze", "store_from_url"]
+__all__ = [
+    "Change",
+    "MemoryStore",
+    "State",
+    "StateStore",
+    "configured_store",
+    "freeze",
+    "store_for",
+    "store_from_url",
+]
 
 
 def store_from_url(url: str | StateStore | None) -> StateStore:
@@ -40,3 +50,26 @@ def store_from_url(url: str | StateStore | None) -> StateStore:
             f"state: unsupported store URL {url!r} (supported: 'memory:', 'redis://...')"
         )
     raise TypeError(f"state: expected a URL or a StateStore, got {type(url).__name__}")
+
+
+def configured_store(state: str | StateStore | None) -> StateStore | None:
+    """The store a layer's `state=` names, or None; a bad one is refused at decoration."""
+    if state is None:
+        return None
+    try:
+        return store_from_url(state)
+    except (TypeError, ValueError) as error:
+        problem = str(error).removeprefix("state: ")
+        raise bad_parameter("state", problem, wrong_type=isinstance(error, TypeError)) from None
+
+
+def store_for(configured: StateStore | None, key: str | None, shared: StateStore) -> StateStore:
+    """Where one decorated function keeps its state: the store it was given; else, with a
+    `key=`, `shared` (one per pattern and process, so one key means one state); else a
+    store of its own, so two functions that happen to share a qualified name (closures,
+    re-definitions in tests) never share state by accident."""
+    if configured is not None:
+        return configured
+    if key is not None:
+        return shared
+    return MemoryStore()
