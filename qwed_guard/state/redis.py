@@ -151,6 +151,13 @@ def _as_bytes(value: object) -> bytes | None:
     return value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else None
 
 
+def _counter_values(raws: list[Any], count: int) -> list[int]:
+    """The first `count` replies of the fetch script, as counter values (a missing one is 0)."""
+    values = [_as_bytes(raw) for raw in raws]
+    values += [None] * (count - len(values))
+    return [int(raw) if raw else 0 for raw in values[:count]]
+
+
 class RedisStore:
     """A `StateStore` in Redis, shared by every process that uses the same URL and prefix.
 
@@ -388,9 +395,7 @@ class RedisStore:
                 self._degrade(error)
             else:
                 self._recover()
-                values = [_as_bytes(raw) for raw in raws]
-                values += [None] * (len(names) - len(values))
-                return [int(raw) if raw else 0 for raw in values]
+                return _counter_values(raws, len(names))
         return [self._fallback.count(counter) for counter in counters]
 
     async def acounts(self, counters: list[str]) -> list[int]:
@@ -406,9 +411,7 @@ class RedisStore:
                 self._degrade(error)
             else:
                 self._recover()
-                values = [_as_bytes(raw) for raw in raws]
-                values += [None] * (len(names) - len(values))
-                return [int(raw) if raw else 0 for raw in values]
+                return _counter_values(raws, len(names))
         return [self._fallback.count(counter) for counter in counters]
 
     def flush(self) -> None:
