@@ -98,7 +98,8 @@ class CallContext:
         self.failure: BaseException | None = None
         """An `AuditError` a watcher raised: the call fails closed when it ends."""
         self.attempts: list[Attempt] = []
-        self.fields: dict[str, Any] = {}
+        extra = _extra_fields.get()
+        self.fields: dict[str, Any] = dict(extra) if extra else {}
         """Extra audit fields: `audit_context(...)` values and decorator-given context."""
         self.attempt = 1
         """The number of the attempt running now (retry sets it; 1 without retry)."""
@@ -183,14 +184,6 @@ def record_wire(failure: WireFailure) -> None:
     ctx = CURRENT.get()
     if ctx is not None:
         ctx.wire = failure
-
-
-def open_call(function: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CallContext:
-    ctx = CallContext(function, args, kwargs)
-    extra = _extra_fields.get()
-    if extra:
-        ctx.fields.update(extra)
-    return ctx
 
 
 @contextmanager

@@ -143,16 +143,21 @@ class FallbackLayer(Layer):
                 result=result,
             )
         answer = answer_of(result)
+        # Positional: the success path builds one on every call.
         return GuardedResult(
-            verified=True,
-            value=answer.value,
-            confidence=answer.confidence,
-            evidence=answer.evidence or {},
-            attempts=max(len(ctx.attempts), 1),
-            status=answer.status,
-            admission=answer.admission,
-            attestation=answer.attestation,
-            result=result,
+            True,
+            answer.value,
+            answer.confidence,
+            answer.evidence or {},
+            None,
+            "verified",
+            None,
+            len(ctx.attempts) or 1,
+            Outcome.VERIFIED,
+            answer.status,
+            answer.admission,
+            answer.attestation,
+            result,
         )
 
     def _labelled(

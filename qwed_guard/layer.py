@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import wrapt
 
 from qwed_guard import clock
-from qwed_guard.context import CURRENT, CallContext, hook_failed, open_call
+from qwed_guard.context import CURRENT, CallContext, hook_failed
 from qwed_guard.errors import bad_parameter
 from qwed_guard.hooks import (
     Attempt,
@@ -38,7 +38,7 @@ from qwed_guard.hooks import (
     process_hooks,
 )
 from qwed_guard.outcomes import Diagnosis, Outcome
-from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules, diagnose, prefetch_keys
+from qwed_guard.verdicts import DEFAULT_RULES, VerdictRules, diagnose, judge_result, prefetch_keys
 
 __all__ = [
     "CallOutcome",
@@ -179,19 +179,25 @@ def observed(*hooks: Hook) -> Callable[[F], F]:
 
 # --- the innermost step: one attempt --------------------------------------------------
 
+_new_tuple: Callable[..., Any] = tuple.__new__
+
 
 def end_attempt(
     ctx: CallContext, diagnosis: Diagnosis, started: float, result: Any, exc: BaseException | None
 ) -> CallOutcome:
     """Record how an attempt ended; also used by layers that end one without a call."""
-    attempt = Attempt(
-        ctx.attempt,
-        diagnosis.outcome,
-        diagnosis.error,
-        clock.monotonic() - started,
-        ctx.wait_before,
-        diagnosis.status,
-        ctx.replies.reused_by(ctx.attempt) if ctx.replies is not None else 0,
+    # tuple.__new__ skips the NamedTuple's Python-level constructor: one is made per attempt.
+    attempt: Attempt = _new_tuple(
+        Attempt,
+        (
+            ctx.attempt,
+            diagnosis.outcome,
+            diagnosis.error,
+            clock.monotonic() - started,
+            ctx.wait_before,
+            diagnosis.status,
+            ctx.replies.reused_by(ctx.attempt) if ctx.replies is not None else 0,
+        ),
     )
     ctx.attempts.append(attempt)
     if ctx.listeners or ctx.events is not None:
@@ -217,7 +223,11 @@ def _attempt(
         )
     finally:
         ctx.in_user_code = False
-    diagnosis = diagnose(result, wire=ctx.wire, classifier=ctx.classifier, rules=ctx.rules)
+    classifier = ctx.classifier
+    if classifier is None and not isinstance(result, BaseException):
+        diagnosis = judge_result(result, ctx.rules, wire=ctx.wire)  # `diagnose`, one call less
+    else:
+        diagnosis = diagnose(result, wire=ctx.wire, classifier=classifier, rules=ctx.rules)
     return end_attempt(ctx, diagnosis, started, result, None)
 
 
@@ -275,6 +285,8 @@ def _step(layer: Layer, policy_hash: str | None, inner: Run) -> Run:
     leave = _overridden(layer, "exit")
     interrupted = _overridden(layer, "interrupted")
     kind = layer.kind
+    if enter is None and leave is not None and interrupted is None and policy_hash is None:
+        return _exit_step(kind, leave, inner)
 
     def run(
         ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -308,6 +320,29 @@ def _step(layer: Layer, policy_hash: str | None, inner: Run) -> Run:
             if interrupted is not None:
                 interrupted(ctx, state, exc)
             raise
+
+    return run
+
+
+def _exit_step(kind: str, leave: Callable[..., Step], inner: Run) -> Run:
+    """`_step` for a layer that only looks at how the layers inside ended (fallback, alerts):
+    the same loop without what such a layer never needs."""
+
+    def run(
+        ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> CallOutcome:
+        while True:
+            outcome = inner(ctx, fn, args, kwargs)
+            try:
+                step = leave(ctx, None, outcome)
+            except Exception as exc:
+                return outcome_of(exc)
+            if type(step) is CallOutcome:
+                return step
+            if type(step) is float:
+                clock.active().sleep(step)
+                continue
+            raise TypeError(f"{kind}.exit returned {step!r} in a synchronous call")
 
     return run
 
@@ -509,9 +544,10 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
 
     def open_(wrapped_args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallContext:
         # The context sees the arguments as the caller wrote them, `self` included.
-        ctx = open_call(name, wrapped_args, kwargs)
+        ctx = CallContext(name, wrapped_args, kwargs)
         ctx.rules = rules
-        ctx.is_async = is_async
+        if is_async:
+            ctx.is_async = True
         if outer_hash is not None:
             ctx.policy_hash = outer_hash
         # Process-wide hooks first: they see the call before the function's own (the audit
@@ -570,7 +606,12 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             raise
         finally:
             CURRENT.reset(token)
-        return close(ctx, outcome)
+        if ctx.listeners or ctx.events is not None:
+            return close(ctx, outcome)
+        # Nobody watches: `close` inlined, as the success path runs it on every call.
+        if outcome.exception is not None:
+            raise outcome.exception
+        return outcome.result
 
     return wrapper
 

@@ -105,6 +105,8 @@ class Answer(NamedTuple):
 
 
 def _finite(value: Any) -> float | None:
+    if type(value) is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)
@@ -147,7 +149,8 @@ def register_verdict(
 
     def read(result: Any) -> Answer:
         if answer is None:
-            return _object_answer(result)
+            shape = _mapping_answer if isinstance(result, Mapping) else _object_answer
+            return shape(result)
         return Answer(answer(result))
 
     _BY_TYPE[cls] = _Entry(lambda result, _rules, _wire: _user_verdict(judge, result), read)
@@ -160,11 +163,11 @@ def unregister_verdict(cls: type) -> None:
     _FOR_CLASS.clear()
 
 
-_FOR_CLASS: dict[type, _Entry | None] = {}
+_FOR_CLASS: dict[type, _Entry] = {}
 """Each result class's entry, looked up once (cleared when a verdict is registered)."""
 
 
-def _entry_for(result: Any) -> _Entry | None:
+def _entry_for(result: Any) -> _Entry:
     cls = type(result)
     try:
         return _FOR_CLASS[cls]
@@ -177,6 +180,10 @@ def _entry_for(result: Any) -> _Entry | None:
             break
     if entry is None:
         entry = _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+    if entry is None:
+        # Shapes nobody registered are read by their structure; whether the class is a
+        # Mapping is asked once here, not on every result.
+        entry = _MAPPING_SHAPE if issubclass(cls, Mapping) else _OBJECT_SHAPE
     if len(_FOR_CLASS) < 4096:  # classes made on the fly must not grow it without end
         _FOR_CLASS[cls] = entry
     return entry
@@ -210,8 +217,10 @@ def _judge_local(result: Any, rules: VerdictRules, wire: WireFailure | None) -> 
     if verified is True:
         evidence = getattr(result, "evidence", None)
         admission = getattr(result, "admission", None)
-        if admission is None and isinstance(evidence, Mapping):
+        if admission is None and (type(evidence) is dict or isinstance(evidence, Mapping)):
             admission = evidence.get("admission")  # QWEDLocal's verify_code keeps it there
+        if admission is None or admission == "ADMIT":
+            return _VERIFIED
         return _contradicted(admission) or _VERIFIED
     if verified is not False:
         return Diagnosis(
@@ -465,20 +474,8 @@ def _judge_mapping(result: Mapping[str, Any], rules: VerdictRules) -> Diagnosis 
     return None
 
 
-def _judge_structural(result: Any, rules: VerdictRules) -> Diagnosis:
-    """Shapes nobody registered: look-alikes of QWED's results, then plain values."""
-    if result is None:
-        return Diagnosis(Outcome.UNVERIFIABLE, "the function returned None: no verdict")
-    if result is False:
-        return Diagnosis(Outcome.REFUTED, "the function returned False")
-    if isinstance(result, Mapping):
-        verdict = _judge_mapping(result, rules)
-        if verdict is not None:
-            return verdict
-    elif hasattr(result, "verified"):
-        return _judge_local(result, rules, None)
-    elif hasattr(result, "is_verified"):
-        return _judge_hosted(result, rules)
+def _no_verdict(result: Any, rules: VerdictRules) -> Diagnosis:
+    """A plain value (passed or failed by `rules.plain`), or a shape nobody taught."""
     if isinstance(result, (*_PLAIN_TYPES, Mapping)):
         if rules.plain == "pass":
             return _UNCHECKED
@@ -496,13 +493,33 @@ def _judge_structural(result: Any, rules: VerdictRules) -> Diagnosis:
     )
 
 
+def _judge_object(result: Any, rules: VerdictRules, wire: WireFailure | None) -> Diagnosis:
+    """Objects nobody registered: look-alikes of QWED's results, then plain values."""
+    if result is None:
+        return Diagnosis(Outcome.UNVERIFIABLE, "the function returned None: no verdict")
+    if result is False:
+        return Diagnosis(Outcome.REFUTED, "the function returned False")
+    if hasattr(result, "verified"):
+        return _judge_local(result, rules, None)
+    if hasattr(result, "is_verified"):
+        return _judge_hosted(result, rules)
+    return _no_verdict(result, rules)
+
+
+def _judge_any_mapping(result: Any, rules: VerdictRules, wire: WireFailure | None) -> Diagnosis:
+    """Mappings nobody registered: look-alikes of QWED's responses, then plain dicts."""
+    return _judge_mapping(result, rules) or _no_verdict(result, rules)
+
+
 def _object_answer(result: Any) -> Answer:
-    if type(result) is not dict and not isinstance(result, Mapping):
-        if hasattr(result, "verified"):
-            return _local_answer(result)
-        if hasattr(result, "is_verified"):
-            return _hosted_answer(result)
-        return Answer(result)
+    if hasattr(result, "verified"):
+        return _local_answer(result)
+    if hasattr(result, "is_verified"):
+        return _hosted_answer(result)
+    return Answer(result)
+
+
+def _mapping_answer(result: Any) -> Answer:
     if "verified" in result:
         evidence = result.get("evidence")
         return Answer(
@@ -523,15 +540,16 @@ def _object_answer(result: Any) -> Answer:
     return Answer(result)
 
 
+_OBJECT_SHAPE = _Entry(_judge_object, _object_answer)
+_MAPPING_SHAPE = _Entry(_judge_any_mapping, _mapping_answer)
+
+
 def answer_of(result: Any) -> Answer:
     """The value, confidence and QWED fields a result carries, whatever its shape."""
-    entry = _entry_for(result)
-    if entry is not None:
-        try:
-            return entry.answer(result)
-        except Exception:  # a user's answer function failing must not lose the call
-            return Answer(result)
-    return _object_answer(result)
+    try:
+        return _entry_for(result).answer(result)
+    except Exception:  # a user's answer function failing must not lose the call
+        return Answer(result)
 
 
 # ---------------------------------------------------------------------------- user verdicts
@@ -815,15 +833,11 @@ def judge_result(
     if rules.judge is not None:
         verdict = _user_verdict(rules.judge, result)
     else:
-        entry = _entry_for(result)
-        if entry is not None:
-            try:
-                verdict = entry.judge(result, rules, wire)
-            except Exception as exc:  # a shape that breaks its own reader fails closed
-                why = f"cannot judge a {type(result).__name__} result: {type(exc).__name__}"
-                verdict = Diagnosis(Outcome.UNVERIFIABLE, why, final=True)
-        else:
-            verdict = _judge_structural(result, rules)
+        try:
+            verdict = _entry_for(result).judge(result, rules, wire)
+        except Exception as exc:  # a shape that breaks its own reader fails closed
+            why = f"cannot judge a {type(result).__name__} result: {type(exc).__name__}"
+            verdict = Diagnosis(Outcome.UNVERIFIABLE, why, final=True)
     if verdict.outcome is Outcome.UNCHECKED and rules.plain == "fail":
         why = f"a {type(result).__name__} result carries no verdict (plain='fail')"
         return Diagnosis(Outcome.UNVERIFIABLE, why, final=True)

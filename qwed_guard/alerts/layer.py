@@ -336,12 +336,15 @@ class AlertLayer(Layer):
         ]
         self.history = AlertHistory(o.history_size)
         """This function's alerts, most recent last (what `fn.alerts` returns)."""
+        self._state_key: str | None = None
+        """Where a bound layer's counting state lives (made once, read on every call)."""
 
     # ------------------------------------------------------------------ binding
 
     def bind(self, fn: Callable[..., Any], name: str, key: str) -> AlertLayer:
         bound = copy.copy(self)
         bound.key = self.key or key
+        bound._state_key = _STATE_PREFIX + bound.key
         bound.history = AlertHistory(self.history.maxlen)
         return bound
 
@@ -407,7 +410,7 @@ class AlertLayer(Layer):
         if self.rules.rate_threshold is not None:
             return False
         store = self.store
-        key = _STATE_PREFIX + (self.key or ctx.function)
+        key = self._state_key or _STATE_PREFIX + (self.key or ctx.function)
         if type(store) is MemoryStore:
             return store.peek(key) is None
         shared = self._shared
