@@ -209,6 +209,55 @@ def test_an_unknown_type_fails_closed_until_registered() -> None:
     assert diagnose(Mine(ok=True)).outcome is Outcome.UNVERIFIABLE
 
 
+class Treacherous:
+    """A look-alike whose fields break when read: its verdict must fail closed, not raise."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+
+    @property
+    def verified(self) -> bool:
+        if self.broken == "verified":
+            raise ValueError("verified cannot be read")
+        return True
+
+    @property
+    def value(self) -> str:
+        if self.broken == "value":
+            raise ValueError("value cannot be read")
+        return "4"
+
+
+class LooksLikeAMapping(dict[str, Any]):
+    pass
+
+
+def test_a_look_alike_that_breaks_when_read_fails_closed() -> None:
+    verdict = diagnose(Treacherous("verified"))
+    assert verdict.outcome is Outcome.UNVERIFIABLE and verdict.final
+    assert "cannot judge a Treacherous result: ValueError" in (verdict.error or "")
+
+    @fallback(value="safe")
+    def ask(broken: str) -> Any:
+        return Treacherous(broken)
+
+    refused = ask("verified")
+    assert (refused.verified, refused.source, refused.value) == (False, "fallback", "safe")
+    # Judged verified, but its value cannot be read: the call still returns, the value unread.
+    kept = ask("value")
+    assert kept.verified is True and isinstance(kept.value, Treacherous)
+
+
+def test_the_shape_of_a_class_is_learnt_once_and_holds_for_every_result() -> None:
+    # A Mapping subclass and a plain object class, each judged many times: the per-class
+    # lookup must give each instance its own verdict.
+    for _ in range(3):
+        assert diagnose(LooksLikeAMapping(verified=True)).outcome is Outcome.VERIFIED
+        assert diagnose(LooksLikeAMapping(verified=False)).outcome is Outcome.REFUTED
+        assert diagnose(LooksLikeAMapping(other=1)).outcome is Outcome.UNCHECKED
+        assert diagnose(Mine(ok=True)).outcome is Outcome.UNVERIFIABLE
+
+
 # ------------------------------------------------------------------------- user verdicts
 
 
