@@ -202,7 +202,7 @@ def end_attempt(
     ctx.attempts.append(attempt)
     if ctx.listeners or ctx.events is not None:
         ended = exc if exc is not None else result
-        ctx.send(AttemptEnded(ctx.attempt, clock.wall(), attempt, ended, diagnosis))
+        ctx.send(_new_tuple(AttemptEnded, (ctx.attempt, clock.wall(), attempt, ended, diagnosis)))
     return CallOutcome(diagnosis, result, exc)
 
 
@@ -470,9 +470,8 @@ def _watch(ctx: CallContext, hooks: tuple[Hook, ...]) -> None:
 
 
 def _end(ctx: CallContext, outcome: CallOutcome) -> None:
-    ctx.send(
-        CallEnded(ctx.attempt, clock.wall(), outcome.diagnosis, outcome.result, outcome.exception)
-    )
+    diagnosis, result, exception = outcome
+    ctx.send(_new_tuple(CallEnded, (ctx.attempt, clock.wall(), diagnosis, result, exception)))
     # The watchers hold the context and the context holds them: let both go with the call,
     # not with the next run of the cycle collector.
     ctx.listeners = []
@@ -586,7 +585,11 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
                 raise
             finally:
                 CURRENT.reset(token)
-            return close(ctx, outcome)
+            if ctx.listeners or ctx.events is not None:
+                return close(ctx, outcome)
+            if outcome.exception is not None:
+                raise outcome.exception
+            return outcome.result
 
         return async_wrapper
 
