@@ -74,6 +74,7 @@ class CallContext:
         "muted",
         "number",
         "policy_hash",
+        "reasks",
         "replies",
         "rules",
         "started",
@@ -104,6 +105,8 @@ class CallContext:
         self.attempt = 1
         """The number of the attempt running now (retry sets it; 1 without retry)."""
         self.wait_before = 0.0
+        self.reasks = 0
+        """Wrong answers (refuted, unverifiable) retry has asked again after, in its loop."""
         self.wire: WireFailure | None = None
         """The last failing HTTP response of the current attempt, recorded by the client."""
         self.classifier: Classifier | None = None

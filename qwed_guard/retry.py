@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import backoff
 
@@ -103,6 +103,8 @@ class RetryLayer(Layer):
         self.max_reasks = o.max_reasks
         self.classifier = o.classifier
         self.verdict = as_rules(o.verdict)
+        self._schedule = tuple(self.schedule())
+        """The un-jittered wait after each failed attempt: the n-th follows attempt n."""
 
     def describe(self) -> str:
         schedule = ", ".join(f"{w:g} s" for w in self.schedule())
@@ -135,7 +137,6 @@ class RetryLayer(Layer):
         self,
         ctx: CallContext,
         diagnosis: Diagnosis,
-        waits: Generator[float, None, None],
         reasks: int,
         deadline: float | None,
     ) -> float | str:
@@ -149,7 +150,7 @@ class RetryLayer(Layer):
             return f"max_tries={self.max_tries} reached"
         if outcome in _REASKS and self.max_reasks is not None and reasks > self.max_reasks:
             return f"max_reasks={self.max_reasks} reached"
-        computed = float(next(waits))
+        computed = self._schedule[ctx.attempt - 1]
         retry_after = diagnosis.retry_after
         if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
             wait = min(retry_after, self.max_delay)
@@ -173,27 +174,31 @@ class RetryLayer(Layer):
         failure.__cause__ = outcome.exception
         return CallOutcome(outcome.diagnosis, outcome.result, failure)
 
-    def enter(self, ctx: CallContext) -> _Run:
+    def enter(self, ctx: CallContext) -> _Run | None:
+        ctx.attempt = 1
+        ctx.wait_before = 0.0
+        ctx.reasks = 0
+        if self.max_time is None and self.classifier is None:
+            return None  # nothing to keep: the loop's counters are the call's own
         run = _Run(
             None if self.max_time is None else clock.monotonic() + self.max_time, ctx.classifier
         )
         if self.classifier is not None:
             ctx.classifier = self.classifier
-        ctx.attempt = 1
-        ctx.wait_before = 0.0
         return run
 
-    def exit(self, ctx: CallContext, state: _Run, outcome: CallOutcome) -> Step:
+    def exit(self, ctx: CallContext, state: _Run | None, outcome: CallOutcome) -> Step:
         diagnosis = outcome.diagnosis
         if outcome.exception is None and diagnosis.outcome in ANSWERED:
-            ctx.classifier = state.classifier
+            if state is not None:
+                ctx.classifier = state.classifier
             return outcome
-        state.reasks += diagnosis.outcome in _REASKS
-        if state.waits is None:
-            state.waits = self._waits()  # made on the first failure only
-        step = self._next_wait(ctx, diagnosis, state.waits, state.reasks, state.deadline)
+        ctx.reasks += diagnosis.outcome in _REASKS
+        deadline = None if state is None else state.deadline
+        step = self._next_wait(ctx, diagnosis, ctx.reasks, deadline)
         if isinstance(step, str):
-            ctx.classifier = state.classifier
+            if state is not None:
+                ctx.classifier = state.classifier
             return self._give_up(ctx, step, outcome)
         budget = budget_of(ctx)
         if budget is not None:
@@ -203,12 +208,12 @@ class RetryLayer(Layer):
                     budget.aspend, functools.partial(self._budgeted, ctx, state, outcome, step)
                 )
             return self._budgeted(ctx, state, outcome, step, budget.spend(), None)
-        return self._schedule(ctx, diagnosis, step)
+        return self._schedule_next(ctx, diagnosis, step)
 
     def _budgeted(
         self,
         ctx: CallContext,
-        state: _Run,
+        state: _Run | None,
         outcome: CallOutcome,
         wait: float,
         refusal: str | None,
@@ -217,32 +222,30 @@ class RetryLayer(Layer):
         if exc is not None:
             raise exc
         if refusal is not None:
-            ctx.classifier = state.classifier
+            if state is not None:
+                ctx.classifier = state.classifier
             return self._give_up(ctx, refusal, outcome)
-        return self._schedule(ctx, outcome.diagnosis, wait)
+        return self._schedule_next(ctx, outcome.diagnosis, wait)
 
-    def _schedule(self, ctx: CallContext, diagnosis: Diagnosis, step: float) -> float:
+    def _schedule_next(self, ctx: CallContext, diagnosis: Diagnosis, step: float) -> float:
         if ctx.wants(RetryScheduled):
             ctx.send(RetryScheduled(ctx.attempt, clock.wall(), step, diagnosis.outcome))
         ctx.attempt += 1
         ctx.wait_before = step
         return step
 
-    def interrupted(self, ctx: CallContext, state: _Run, exc: BaseException) -> None:
-        ctx.classifier = state.classifier
+    def interrupted(self, ctx: CallContext, state: _Run | None, exc: BaseException) -> None:
+        if state is not None:
+            ctx.classifier = state.classifier
 
 
-class _Run:
-    """One call's progress through the retry loop."""
+class _Run(NamedTuple):
+    """What one call's retry loop keeps beside the call's own counters (`ctx.attempt`,
+    `ctx.reasks`), when it has a deadline or a classifier."""
 
-    __slots__ = ("classifier", "deadline", "reasks", "waits")
-
-    def __init__(self, deadline: float | None, classifier: Classifier | None) -> None:
-        self.deadline = deadline
-        self.classifier = classifier
-        """The classifier to restore when the call leaves the loop."""
-        self.reasks = 0
-        self.waits: Generator[float, None, None] | None = None
+    deadline: float | None
+    classifier: Classifier | None
+    """The classifier to restore when the call leaves the loop."""
 
 
 @layer_decorator(RetryOptions, RetryLayer)
