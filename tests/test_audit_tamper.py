@@ -267,7 +267,10 @@ def test_show_filters_and_stats(trail: Path, capsys: pytest.CaptureFixture[str])
     code, out = run_cli(capsys, "show", str(trail), "--since", "2100-01-01")
     assert code == 0 and "0 records" in out
     code, out = run_cli(capsys, "show", str(trail), "--since", "2025-12-31T23:00:00Z")
-    assert code == 0 and f"{len(records)} records" in out
+    # Every stored record, and each call's answered attempt (inline in it) as a row of its own.
+    inline = sum(1 for r in records if r["event"] == "call" and r["answered"] is not None)
+    assert inline == 6
+    assert code == 0 and f"{len(records) + inline} records" in out
     code, out = run_cli(capsys, "stats", str(trail))
     assert code == 0
     assert "6 calls, 12 attempts" in out

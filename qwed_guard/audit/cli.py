@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main", "register"]
@@ -206,6 +206,29 @@ def _ms(record: dict[str, Any]) -> str:
     return f"{micros / 1000:.1f}" if isinstance(micros, int) else ""
 
 
+_CALL_ONLY = frozenset(("events", "source", "reason", "exception", "answered", "attestation"))
+
+
+def _answered(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A v2 call record's inline answered attempt, as the attempt record v1 wrote, or None."""
+    inline = record.get("answered")
+    if record.get("event") != "call" or not isinstance(inline, dict):
+        return None
+    view = {k: v for k, v in record.items() if k not in _CALL_ONLY}
+    view.update(inline)
+    view["event"] = "attempt"
+    view["id"] = f"{record.get('call_id')}/a{inline.get('attempt')}"
+    return view
+
+
+def _expanded(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`record`, after its inline answered attempt if it holds one: what `show` lists."""
+    inline = _answered(record)
+    if inline is not None:
+        yield inline
+    yield record
+
+
 def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -223,18 +246,19 @@ def _show(args: argparse.Namespace) -> int:
         deque(maxlen=args.limit) if args.limit else []
     )
     try:
-        for record in read_records(args.path):
-            if args.call and not str(record.get("call_id") or "").startswith(args.call):
-                continue
-            if args.outcome and record.get("outcome") != args.outcome:
-                continue
-            if args.event and record.get("event") != args.event:
+        for stored in read_records(args.path):
+            if args.call and not str(stored.get("call_id") or "").startswith(args.call):
                 continue
             if since is not None:
-                when = _ts(record)
+                when = _ts(stored)
                 if when is None or when < since:
                     continue
-            rows.append(record)
+            for record in _expanded(stored):  # an answered attempt is listed as an attempt
+                if args.outcome and record.get("outcome") != args.outcome:
+                    continue
+                if args.event and record.get("event") != args.event:
+                    continue
+                rows.append(record)
     except trail.errors as exc:
         return _error(_scrubbed(exc))
     table = Table(title=f"{_name(trail)}: {len(rows)} records", show_lines=False)
@@ -322,6 +346,12 @@ def _summarise(path: str, name: str) -> int:
             attempts_per_call[attempts if isinstance(attempts, int) else 0] += 1
             if isinstance(duration, int):
                 call_us.append(duration)
+            inline = record.get("answered")  # v2: the answered attempt, inline
+            if isinstance(inline, dict):
+                attempt_outcomes[str(inline.get("outcome"))] += 1
+                duration = inline.get("duration_us")
+                if isinstance(duration, int):
+                    attempt_us.append(duration)
         elif event == "attempt":
             attempt_outcomes[str(record.get("outcome"))] += 1
             if isinstance(duration, int):

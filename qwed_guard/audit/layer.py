@@ -1,9 +1,11 @@
-"""`@audited`: one record per attempt, as it ends, and one per call, in a hash-chained trail.
+"""`@audited`: a record per failed attempt, as it ends, and one per call, in a hash-chained trail.
 
 The audit trail is a hook (see `qwed_guard.hooks`): it watches the whole call wherever
-`@audited` sits in a stack. Each `AttemptEnded` event becomes an `attempt` record written at
-once (so a crash mid-call keeps the attempts already made); `CallEnded` becomes the `call`
-record with the final outcome and source. The other events go into the call record:
+`@audited` sits in a stack. Each `AttemptEnded` event of a failed attempt becomes an `attempt`
+record written at once (so a crash mid-call keeps the attempts already made, retry waits
+after them); `CallEnded` becomes the `call` record with the final outcome and source, and
+the answered last attempt (verified or unchecked) inline in its `answered` field, so a call
+verified on its first attempt makes one record. The other events go into the call record:
 `GaveUp` and `FallbackUsed` give the call's `reason`, and every other event (fallback_used,
 breaker_changed, alert_sent, ...) is listed in its `events` field as
 `{"event", "attempt", "ts", ...data}`. If a record cannot be written, the call fails closed
@@ -170,7 +172,8 @@ class _Call:
     """One call's watcher. On the caller's side it only captures what happened, as small
     values; the records are built from them where they are sealed (a batch sink's writer
     thread), so the call path stays cheap. An attempt that failed is handed to the sink at
-    once (a wait may follow); the last, answered one goes with the call record.
+    once (a wait may follow); the last, answered one goes inline in the call record
+    (`answered`), so a call verified on its first attempt makes one record.
     """
 
     __slots__ = (
@@ -183,7 +186,6 @@ class _Call:
         "fields",
         "held",
         "hidden",
-        "last",
         "layer",
         "policy",
         "query",
@@ -197,45 +199,59 @@ class _Call:
         """Until the call ends: the records built later hold only what they need."""
         self.call_id = ctx.call_id
         self.attested = ctx.rules.require_attestation
-        self.events: list[Event] = []
+        self.events: list[Event] | None = None
         self.failure: BaseException | None = None
-        self.last: tuple[Any, Read] | None = None
-        self.held: Callable[[], dict[str, Any]] | None = None
+        self.held: tuple[Attempt, Any, float] | None = None
+        """The answered attempt and its result, until the call record takes them."""
         self.policy = ctx.policy_hash
         self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
         query = layer._query.find(ctx.args, ctx.kwargs)
         self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
-        self.fields = jsonable(ctx.fields) if ctx.fields else None
+        fields = ctx.fields
+        self.fields = jsonable(fields) if fields else None
         self.common: dict[str, Any] | None = None
         self.hidden: tuple[str, str] | None = None
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, AttemptEnded):
-            self._attempt(event)
-        elif isinstance(event, CallEnded):
-            self.finish(event)
-        elif type(event) not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
-            self.events.append(event)
+        kind = type(event)
+        if kind is AttemptEnded:
+            self._attempt(event)  # type: ignore[arg-type]  # narrowed by kind
+        elif kind is CallEnded:
+            self.finish(event)  # type: ignore[arg-type]  # narrowed by kind
+        elif kind not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
+            events = self.events
+            if events is None:
+                self.events = [event]
+            else:
+                events.append(event)
 
     # --- on the caller's side: capture ----------------------------------------------------
     def _attempt(self, event: AttemptEnded) -> None:
         attempt = event.record
         result = event.result
-        read = _read(result, attempt.outcome)
-        self.last = (result, read)
-        pending = partial(self._attempt_record, attempt, event.wall, read, _token(result))
+        held = self.held
+        if held is not None:  # an answered attempt was followed by another: it stands alone
+            self.held = None
+            self._write_attempt(*held)
         if attempt.outcome in ANSWERED and not isinstance(result, BaseException):
-            self.held = pending  # the last attempt: it goes with the call record
+            self.held = (attempt, result, event.wall)  # it goes inline in the call record
         else:
-            self.layer._write(self, (pending,))
+            self._write_attempt(attempt, result, event.wall)
+
+    def _write_attempt(self, attempt: Attempt, result: Any, wall: float) -> None:
+        read = _read(result, attempt.outcome)
+        pending = partial(self._attempt_record, attempt, wall, read, _token(result))
+        self.layer._write(self, (pending,))
 
     def finish(self, ended: CallEnded) -> None:
         ctx = self.ctx
         assert ctx is not None, "a call ends once"
         result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
+        held = self.held
         reason: str | None = None
         exception: str | None = None
         token: str | None = None
+        shared = False  # whether the call's read is the answered attempt's too
         if exc is not None:
             outcome = diagnosis.outcome
             source: str | None = None
@@ -247,11 +263,9 @@ class _Call:
         elif type(result) is GuardedResult:
             outcome = result.outcome
             source = result.source
-            last = self.last
-            if source == "verified" and last is not None and last[0] is result.result:
-                read = last[1]  # the verified attempt's own result
-            else:
-                read = _read(result, outcome)
+            read = _read(result, outcome)
+            # A verified GuardedResult's value and confidence are its attempt's answer's.
+            shared = source == "verified" and held is not None and held[1] is result.result
             error = result.error
             reason = result.reason
             token = _token(result)
@@ -259,8 +273,17 @@ class _Call:
             outcome = diagnosis.outcome
             source = _SOURCES.get(outcome, "unverified")
             read = _read(result, outcome)
+            shared = held is not None and held[1] is result
             error = diagnosis.error
             token = _token(result)
+        answered: tuple[Attempt, Read, str | None] | None = None
+        if held is not None:
+            attempt, produced, _ = held
+            if shared:
+                aread: Read = (attempt.outcome is Outcome.VERIFIED, read[1], read[2])
+            else:
+                aread = _read(produced, attempt.outcome)
+            answered = (attempt, aread, _token(produced))
         call = partial(
             self._call_record,
             ended.wall,
@@ -273,10 +296,10 @@ class _Call:
             reason,
             exception,
             token,
+            answered,
         )
-        held = self.held
-        self.ctx = self.last = self.held = None  # let the call go; the builders need none of it
-        self.layer._write(self, (call,) if held is None else (held, call))
+        self.ctx = self.held = None  # let the call go; the builder needs none of it
+        self.layer._write(self, (call,))
         if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
             self.raise_if_failed()
 
@@ -317,35 +340,40 @@ class _Call:
                 common["traceparent"] = self.traceparent
         return common
 
+    def _attempt_fields(self, attempt: Attempt, read: Read, token: str | None) -> dict[str, Any]:
+        """An attempt's own fields: an attempt record's, or a call record's `answered`."""
+        verified, value, confidence = read
+        error = attempt.error
+        fields = {
+            "attempt": attempt.number,
+            "outcome": attempt.outcome._value_,
+            "verified": verified,
+            "value": value,
+            "confidence": confidence,
+            "error": self.text(error) if error else None,
+            "status": attempt.status,
+            "duration_us": round(attempt.duration * 1_000_000),
+            "wait_us": round(attempt.wait_before * 1_000_000),
+        }
+        if attempt.reused:  # only on attempts that took replies from an earlier one
+            fields["reused"] = attempt.reused
+        if token is not None:
+            checked = verified and self.attested
+            fields["attestation"] = attestation_summary(token, checked=checked)
+        return fields
+
     def _attempt_record(
         self, attempt: Attempt, wall: float, read: Read, token: str | None
     ) -> dict[str, Any]:
-        record = Record(self._common())
-        verified, value, confidence = read
-        error = attempt.error
-        number = attempt.number
-        record.update(
+        return Record(
             {
-                "id": f"{record['call_id']}/a{number}",
+                **self._common(),
+                **self._attempt_fields(attempt, read, token),
+                "id": f"{self.call_id}/a{attempt.number}",
                 "ts": rfc3339(wall),
                 "event": "attempt",
-                "attempt": number,
-                "outcome": attempt.outcome._value_,
-                "verified": verified,
-                "value": value,
-                "confidence": confidence,
-                "error": self.text(error) if error else None,
-                "status": attempt.status,
-                "duration_us": round(attempt.duration * 1_000_000),
-                "wait_us": round(attempt.wait_before * 1_000_000),
             }
         )
-        if attempt.reused:  # only on attempts that took replies from an earlier one
-            record["reused"] = attempt.reused
-        if token is not None:
-            checked = verified and self.attested
-            record["attestation"] = attestation_summary(token, checked=checked)
-        return record
 
     def _call_record(
         self,
@@ -359,10 +387,11 @@ class _Call:
         reason: str | None,
         exception: str | None,
         token: str | None,
+        answered: tuple[Attempt, Read, str | None] | None,
     ) -> dict[str, Any]:
-        record = Record(self._common())
+        common = self.common or self._common()
         events: list[dict[str, Any]] = []
-        for event in self.events:
+        for event in self.events or ():
             if type(event) is GaveUp:
                 if reason is None:
                     reason = event.reason
@@ -375,9 +404,10 @@ class _Call:
                 item[name] = jsonable(datum)
             events.append(self.hide(item) if self.hidden else item)
         verified, value, confidence = read
-        record.update(
+        record = Record(
             {
-                "id": f"{record['call_id']}/call",
+                **common,
+                "id": f"{self.call_id}/call",
                 "ts": rfc3339(wall),
                 "event": "call",
                 "attempt": attempts,
@@ -391,6 +421,7 @@ class _Call:
                 "reason": self.text(reason) if reason else None,
                 "exception": exception,
                 "events": events,
+                "answered": None if answered is None else self._attempt_fields(*answered),
             }
         )
         if token is not None:

@@ -1,6 +1,6 @@
-"""Audit records, schema v1: their canonical JSON, their hash chain and their field values.
+"""Audit records, schema v2: their canonical JSON, their hash chain and their field values.
 
-A record is a flat JSON object (see `FIELDS`). Its `hash` is
+A record is a JSON object (see `FIELDS`). Its `hash` is
 `sha256(prev_hash + canonical_json(record without "hash"))` in lowercase hex, where the canonical
 form is RFC 8785 (JCS), so any language can re-verify a trail. Records hold no floats: durations
 and waits are integer microseconds (`duration_us`, `wait_us`) and float values (`value`,
@@ -28,6 +28,7 @@ __all__ = [
     "FIELDS",
     "GENESIS",
     "SCHEMA",
+    "SCHEMAS",
     "Record",
     "canonical",
     "jsonable",
@@ -36,7 +37,11 @@ __all__ = [
     "versions",
 ]
 
-SCHEMA = 1
+SCHEMA = 2
+"""The schema of the records written now. v2: the call record carries its answered attempt inline
+(`answered`) instead of a separate attempt record before it; v1 trails read and verify alike."""
+SCHEMAS = frozenset({1, 2})
+"""The schemas a reader accepts; one trail may hold both (a v1 file continued by a v2 writer)."""
 GENESIS = "0" * 64
 """The `prev_hash` of the first record of a trail."""
 
@@ -44,12 +49,13 @@ MAX_SAFE_INT = 2**53 - 1
 """Larger integers are not exact in every JSON reader (RFC 8785 refuses them): stored as text."""
 
 FIELDS: dict[str, str] = {
-    "v": "schema version (1)",
+    "v": "schema version (2; 1 in older trails, which had no `answered`)",
     "seq": "position in the chain, from 1, continuous across processes and rotated files",
     "id": "record id: '<call_id>/a<n>' for attempts, '<call_id>/call' for calls",
     "ts": "UTC time the record was made, RFC 3339 with microseconds and 'Z'",
     "call_id": "the guarded call this record belongs to",
-    "event": "'attempt', 'call', 'checkpoint', 'repair', 'genesis' or 'prune'",
+    "event": "'attempt' (a failed attempt: transient, refuted, ... or raised), 'call', "
+    "'checkpoint', 'repair', 'genesis' or 'prune'",
     "attempt": "attempt number (attempt records) or number of attempts made (call records)",
     "function": "the guarded function's qualified name",
     "query": "the query argument (scrubbed; 'hmac-sha256:<key id>:<hex>' with redact='hmac')",
@@ -68,6 +74,11 @@ FIELDS: dict[str, str] = {
     "reason": "call records: why the fallback was used or why retry gave up",
     "exception": "call records: the exception type the call raised, if any",
     "events": "call records: other things layers reported (breaker changes, alerts, ...)",
+    "answered": "call records (v2): the last attempt when it answered (verified or unchecked, "
+    "not raised), inline instead of an attempt record of its own: an object with that "
+    "attempt's `attempt`, `outcome`, `verified`, `value`, `confidence`, `error`, `status`, "
+    "`duration_us`, `wait_us` (and `reused`, `attestation` when it had them); null when no "
+    "attempt answered",
     "context": "audit_context(...) fields merged with the decorator's context=",
     "policy": "hash of the policy the guard was built from, if any",
     "traceparent": "the call's W3C trace context ('00-<trace id>-<span id>-<flags>'), only "
