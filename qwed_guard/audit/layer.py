@@ -209,7 +209,7 @@ class _Call:
         self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
         fields = ctx.fields
         self.fields = jsonable(fields) if fields else None
-        self.common: dict[str, Any] | None = None
+        self.common: tuple[Any, dict[str, Any], str | None, str | None] | None = None
         self.hidden: tuple[str, str] | None = None
 
     def __call__(self, event: Event) -> None:
@@ -313,10 +313,11 @@ class _Call:
             ) from failure
 
     # --- where the records are sealed: build ----------------------------------------------
-    def _common(self) -> dict[str, Any]:
-        """The fields every record of this call shares (built once)."""
-        common = self.common
-        if common is None:
+    def _shared(self) -> tuple[Any, dict[str, Any], str | None, str | None]:
+        """(query, context, qwed, qwed_guard): the values every record of this call shares
+        beside its id, computed once."""
+        shared = self.common
+        if shared is None:
             layer = self.layer
             query = layer._query_value(self.query)
             # With redact="hmac", the raw query wherever an error, reason or event repeats it.
@@ -326,22 +327,13 @@ class _Call:
                 if len(text) >= _MIN_HIDDEN:
                     self.hidden = (text, query)
             qwed_version, guard_version = versions()
-            common = self.common = {
-                "v": SCHEMA,
-                "call_id": self.call_id,
-                "function": layer._function,
-                "query": query,
-                "context": layer._context_value(self.fields),
-                "policy": self.policy,
-                "qwed": qwed_version,
-                "qwed_guard": guard_version,
-            }
-            if self.traceparent is not None:
-                common["traceparent"] = self.traceparent
-        return common
+            context = layer._context_value(self.fields)
+            shared = self.common = (query, context, qwed_version, guard_version)
+        return shared
 
     def _attempt_fields(self, attempt: Attempt, read: Read, token: str | None) -> dict[str, Any]:
-        """An attempt's own fields: an attempt record's, or a call record's `answered`."""
+        """An attempt's own fields: a call record's `answered` (an attempt record adds the
+        fields every record has)."""
         verified, value, confidence = read
         error = attempt.error
         fields = {
@@ -365,15 +357,42 @@ class _Call:
     def _attempt_record(
         self, attempt: Attempt, wall: float, read: Read, token: str | None
     ) -> dict[str, Any]:
-        return Record(
+        query, context, qwed_version, guard_version = self.common or self._shared()
+        verified, value, confidence = read
+        error = attempt.error
+        number = attempt.number
+        record = Record(
             {
-                **self._common(),
-                **self._attempt_fields(attempt, read, token),
-                "id": f"{self.call_id}/a{attempt.number}",
+                "v": SCHEMA,
+                "id": f"{self.call_id}/a{number}",
                 "ts": rfc3339(wall),
                 "event": "attempt",
+                "call_id": self.call_id,
+                "function": self.layer._function,
+                "query": query,
+                "context": context,
+                "policy": self.policy,
+                "qwed": qwed_version,
+                "qwed_guard": guard_version,
+                "attempt": number,
+                "outcome": attempt.outcome._value_,
+                "verified": verified,
+                "value": value,
+                "confidence": confidence,
+                "error": self.text(error) if error else None,
+                "status": attempt.status,
+                "duration_us": round(attempt.duration * 1_000_000),
+                "wait_us": round(attempt.wait_before * 1_000_000),
             }
         )
+        if self.traceparent is not None:
+            record["traceparent"] = self.traceparent
+        if attempt.reused:  # only on attempts that took replies from an earlier one
+            record["reused"] = attempt.reused
+        if token is not None:
+            checked = verified and self.attested
+            record["attestation"] = attestation_summary(token, checked=checked)
+        return record
 
     def _call_record(
         self,
@@ -389,27 +408,35 @@ class _Call:
         token: str | None,
         answered: tuple[Attempt, Read, str | None] | None,
     ) -> dict[str, Any]:
-        common = self.common or self._common()
+        query, context, qwed_version, guard_version = self.common or self._shared()
         events: list[dict[str, Any]] = []
-        for event in self.events or ():
-            if type(event) is GaveUp:
-                if reason is None:
-                    reason = event.reason
-                continue
-            item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
-            item["ts"] = rfc3339(event.wall)
-            for name, datum in zip(event._fields[2:], event[2:], strict=True):
-                if name == "reason" and type(event) is FallbackUsed:
-                    continue  # the call's own `reason`
-                item[name] = jsonable(datum)
-            events.append(self.hide(item) if self.hidden else item)
+        if self.events is not None:
+            for event in self.events:
+                if type(event) is GaveUp:
+                    if reason is None:
+                        reason = event.reason
+                    continue
+                item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
+                item["ts"] = rfc3339(event.wall)
+                for name, datum in zip(event._fields[2:], event[2:], strict=True):
+                    if name == "reason" and type(event) is FallbackUsed:
+                        continue  # the call's own `reason`
+                    item[name] = jsonable(datum)
+                events.append(self.hide(item) if self.hidden else item)
         verified, value, confidence = read
         record = Record(
             {
-                **common,
+                "v": SCHEMA,
                 "id": f"{self.call_id}/call",
                 "ts": rfc3339(wall),
                 "event": "call",
+                "call_id": self.call_id,
+                "function": self.layer._function,
+                "query": query,
+                "context": context,
+                "policy": self.policy,
+                "qwed": qwed_version,
+                "qwed_guard": guard_version,
                 "attempt": attempts,
                 "outcome": outcome._value_,
                 "verified": verified,
@@ -424,6 +451,8 @@ class _Call:
                 "answered": None if answered is None else self._attempt_fields(*answered),
             }
         )
+        if self.traceparent is not None:
+            record["traceparent"] = self.traceparent
         if token is not None:
             checked = verified and self.attested
             record["attestation"] = attestation_summary(token, checked=checked)
