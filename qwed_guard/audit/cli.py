@@ -206,24 +206,11 @@ def _ms(record: dict[str, Any]) -> str:
     return f"{micros / 1000:.1f}" if isinstance(micros, int) else ""
 
 
-_CALL_ONLY = frozenset(("events", "source", "reason", "exception", "answered", "attestation"))
-
-
-def _answered(record: dict[str, Any]) -> dict[str, Any] | None:
-    """A v2 call record's inline answered attempt, as the attempt record v1 wrote, or None."""
-    inline = record.get("answered")
-    if record.get("event") != "call" or not isinstance(inline, dict):
-        return None
-    view = {k: v for k, v in record.items() if k not in _CALL_ONLY}
-    view.update(inline)
-    view["event"] = "attempt"
-    view["id"] = f"{record.get('call_id')}/a{inline.get('attempt')}"
-    return view
-
-
 def _expanded(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """`record`, after its inline answered attempt if it holds one: what `show` lists."""
-    inline = _answered(record)
+    from qwed_guard.audit.record import inline_attempt
+
+    inline = inline_attempt(record)
     if inline is not None:
         yield inline
     yield record

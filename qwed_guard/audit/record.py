@@ -16,7 +16,7 @@ import dataclasses
 import enum
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from qwed_guard._version import __version__
@@ -30,7 +30,9 @@ __all__ = [
     "SCHEMA",
     "SCHEMAS",
     "Record",
+    "attempts_in",
     "canonical",
+    "inline_attempt",
     "jsonable",
     "rfc3339",
     "seal",
@@ -90,6 +92,38 @@ FIELDS: dict[str, str] = {
     "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and "
     "'sig' (the hash covers it)",
 }
+
+
+_CALL_ONLY = frozenset(
+    ("events", "source", "reason", "exception", "answered", "attestation", "sig", "hash")
+)
+
+
+def inline_attempt(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A v2 call record's answered attempt (`answered`) as the attempt record v1 wrote before
+    it, or None: the call's shared fields, its seq, the attempt's own fields and its id. A view
+    for readers (show, stats, checks), not a record of the chain."""
+    inline = record.get("answered")
+    if record.get("event") != "call" or not isinstance(inline, dict):
+        return None
+    view = {k: v for k, v in record.items() if k not in _CALL_ONLY}
+    view.update(inline)
+    view["event"] = "attempt"
+    view["id"] = f"{record.get('call_id')}/a{inline.get('attempt')}"
+    return view
+
+
+def attempts_in(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    """Every attempt `records` hold, in trail order: attempt records (v1 and v2) and each v2
+    call record's answered attempt (`inline_attempt`) in the call's place."""
+    for record in records:
+        event = record.get("event")
+        if event == "attempt":
+            yield record
+        elif event == "call":
+            inline = inline_attempt(record)
+            if inline is not None:
+                yield inline
 
 
 class Record(dict[str, Any]):
