@@ -206,14 +206,15 @@ def _ms(record: dict[str, Any]) -> str:
     return f"{micros / 1000:.1f}" if isinstance(micros, int) else ""
 
 
-def _expanded(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """`record`, after its inline answered attempt if it holds one: what `show` lists."""
+def _expanded(record: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bool]]:
+    """What `show` lists for `record`: its inline answered attempt first, if it holds one (as
+    an attempt record, flagged True), then the record itself."""
     from qwed_guard.audit.record import inline_attempt
 
     inline = inline_attempt(record)
     if inline is not None:
-        yield inline
-    yield record
+        yield inline, True
+    yield record, False
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -229,7 +230,7 @@ def _show(args: argparse.Namespace) -> int:
     except (ValueError, OverflowError):
         return _error(f"--since {args.since!r}: use an RFC 3339 time, a date, or 30m/2h/7d")
     # Streamed: with --limit only the last N matching records are ever held.
-    rows: deque[dict[str, Any]] | list[dict[str, Any]] = (
+    rows: deque[tuple[dict[str, Any], bool]] | list[tuple[dict[str, Any], bool]] = (
         deque(maxlen=args.limit) if args.limit else []
     )
     try:
@@ -240,12 +241,12 @@ def _show(args: argparse.Namespace) -> int:
                 when = _ts(stored)
                 if when is None or when < since:
                     continue
-            for record in _expanded(stored):  # an answered attempt is listed as an attempt
-                if args.outcome and record.get("outcome") != args.outcome:
+            for row in _expanded(stored):  # an answered attempt is listed as an attempt
+                if args.outcome and row[0].get("outcome") != args.outcome:
                     continue
-                if args.event and record.get("event") != args.event:
+                if args.event and row[0].get("event") != args.event:
                     continue
-                rows.append(record)
+                rows.append(row)
     except trail.errors as exc:
         return _error(_scrubbed(exc))
     table = Table(title=f"{_name(trail)}: {len(rows)} records", show_lines=False)
@@ -263,7 +264,7 @@ def _show(args: argparse.Namespace) -> int:
         ("error / reason", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for record in rows:
+    for record, inline in rows:
         ts = str(record.get("ts") or "")
         function = str(record.get("function") or "").rsplit(".", 1)[-1]
         detail = record.get("error") or record.get("reason")
@@ -271,8 +272,9 @@ def _show(args: argparse.Namespace) -> int:
             detail = f"signs seq {record.get('covers_seq')}"
         elif record.get("event") == "repair":
             detail = f"dropped {record.get('dropped_bytes')} torn bytes"
+        seq = str(record.get("seq", ""))
         table.add_row(
-            str(record.get("seq", "")),
+            f"({seq})" if inline else seq,  # an answered attempt: inside call record `seq`
             ts.replace("T", " ")[:23],
             _clip(record.get("call_id"), 22),
             str(record.get("event") or ""),
