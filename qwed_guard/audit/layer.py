@@ -85,11 +85,34 @@ _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 Read = tuple[bool, Any, Any]
-"""(verified, value, confidence) of what a call or an attempt produced, as record data."""
+"""(verified, value, confidence) of what a call or an attempt produced, as captured: a plain
+str, int, float, bool or None as it is (immutable: made record data where the record is
+built, by `_data`), anything else copied as record data at once (`_Made`)."""
+
+
+class _Made:
+    """A value copied as record data on the caller's side (it may change after the call)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _data(value: Any) -> Any:
+    """A captured value (`Read`) as record data: floats as decimal text, strings scrubbed."""
+    kind = type(value)
+    if kind is str:
+        return scrub(value)
+    if kind is float:
+        return float_text(value)
+    if kind is _Made:
+        return value.data
+    return value  # None, bool, int
 
 
 def _read(result: Any, outcome: Outcome) -> Read:
-    """What an attempt or a call produced, read once on the caller's side, as record data.
+    """What an attempt or a call produced, read once on the caller's side.
 
     `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is.
     """
@@ -102,13 +125,21 @@ def _read(result: Any, outcome: Outcome) -> Read:
     else:
         answer = answer_of(result)
         value, confidence = answer.value, answer.confidence
-    kind = type(value)
-    if not (value is None or kind is int or kind is bool):
-        value = float_text(value) if kind is float else jsonable(value)
     said: Any = confidence
-    if said is not None:
-        said = float_text(said) if type(said) is float else jsonable(said)
+    if type(value) not in _SCALARS:
+        value = _Made(jsonable(value))
+    if type(said) not in _SCALARS:
+        said = _Made(jsonable(said))
     return verified, value, said
+
+
+_Ended = tuple[
+    float, int, float, Outcome, bool, Any, Any, "str | None", "str | None", "str | None",
+    "str | None", "str | None", "Attempt | None", bool, Any, Any, "str | None",
+]  # fmt: skip
+"""(wall, attempts, duration, outcome, verified, value, confidence, error, source, reason,
+exception, attestation token) of a call, then (attempt, verified, value, confidence, token) of
+its answered attempt (attempt None when none answered), values captured as in `Read`."""
 
 
 def _token(result: Any) -> str | None:
@@ -181,6 +212,7 @@ class _Call:
         "call_id",
         "common",
         "ctx",
+        "ended",
         "events",
         "failure",
         "fields",
@@ -202,6 +234,8 @@ class _Call:
         self.events: list[Event] | None = None
         self.failure: BaseException | None = None
         self.held: tuple[Attempt, Any, float] | None = None
+        self.ended: _Ended | None = None
+        """What the call ended with, captured by `finish` for `_call_record`."""
         """The answered attempt and its result, until the call record takes them."""
         self.policy = ctx.policy_hash
         self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
@@ -276,31 +310,34 @@ class _Call:
             shared = held is not None and held[1] is result
             error = diagnosis.error
             token = _token(result)
-        answered: tuple[Attempt, Read, str | None] | None = None
-        if held is not None:
+        verified, value, confidence = read
+        if held is None:
+            self.ended = (ended.wall, len(ctx.attempts), clock.monotonic() - ctx.started,
+                          outcome, verified, value, confidence, error, source, reason,
+                          exception, token, None, False, None, None, None)  # fmt: skip
+        else:
             attempt, produced, _ = held
             if shared:
-                aread: Read = (attempt.outcome is Outcome.VERIFIED, read[1], read[2])
+                a_verified, a_value, a_confidence = (
+                    attempt.outcome is Outcome.VERIFIED, value, confidence
+                )  # fmt: skip
             else:
-                aread = _read(produced, attempt.outcome)
-            answered = (attempt, aread, _token(produced))
-        call = partial(
-            self._call_record,
-            ended.wall,
-            len(ctx.attempts),
-            clock.monotonic() - ctx.started,
-            outcome,
-            read,
-            error,
-            source,
-            reason,
-            exception,
-            token,
-            answered,
-        )
+                a_verified, a_value, a_confidence = _read(produced, attempt.outcome)
+            self.ended = (ended.wall, len(ctx.attempts), clock.monotonic() - ctx.started,
+                          outcome, verified, value, confidence, error, source, reason,
+                          exception, token, attempt, a_verified, a_value, a_confidence,
+                          _token(produced))  # fmt: skip
+        call = self._call_record
         self.ctx = self.held = None  # let the call go; the builder needs none of it
-        self.layer._write(self, (call,))
-        if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
+        layer = self.layer
+        if layer._defer:
+            try:
+                layer.sink.append((call,))  # type: ignore[arg-type]  # a BuildingSink
+            except Exception as failure:
+                layer._failed(self, failure)
+        else:
+            layer._write(self, (call,))
+        if self.failure is not None and (exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES)):
             self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
@@ -331,10 +368,11 @@ class _Call:
             shared = self.common = (query, context, qwed_version, guard_version)
         return shared
 
-    def _attempt_fields(self, attempt: Attempt, read: Read, token: str | None) -> dict[str, Any]:
-        """An attempt's own fields: a call record's `answered` (an attempt record adds the
-        fields every record has)."""
-        verified, value, confidence = read
+    def _attempt_fields(
+        self, attempt: Attempt, verified: bool, value: Any, confidence: Any, token: str | None
+    ) -> dict[str, Any]:
+        """An attempt's own fields, `value` and `confidence` as record data: a call record's
+        `answered`."""
         error = attempt.error
         fields = {
             "attempt": attempt.number,
@@ -377,8 +415,8 @@ class _Call:
                 "attempt": number,
                 "outcome": attempt.outcome._value_,
                 "verified": verified,
-                "value": value,
-                "confidence": confidence,
+                "value": _data(value),
+                "confidence": _data(confidence),
                 "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
@@ -394,20 +432,12 @@ class _Call:
             record["attestation"] = attestation_summary(token, checked=checked)
         return record
 
-    def _call_record(
-        self,
-        wall: float,
-        attempts: int,
-        duration: float,
-        outcome: Outcome,
-        read: Read,
-        error: str | None,
-        source: str | None,
-        reason: str | None,
-        exception: str | None,
-        token: str | None,
-        answered: tuple[Attempt, Read, str | None] | None,
-    ) -> dict[str, Any]:
+    def _call_record(self) -> dict[str, Any]:
+        """The call record, from what `finish` captured (`ended`)."""
+        ended = self.ended
+        assert ended is not None, "built once the call ended"
+        (wall, attempts, duration, outcome, verified, value, confidence, error, source, reason,
+         exception, token, attempt, a_verified, a_value, a_confidence, a_token) = ended  # fmt: skip
         query, context, qwed_version, guard_version = self.common or self._shared()
         events: list[dict[str, Any]] = []
         if self.events is not None:
@@ -423,7 +453,18 @@ class _Call:
                         continue  # the call's own `reason`
                     item[name] = jsonable(datum)
                 events.append(self.hide(item) if self.hidden else item)
-        verified, value, confidence = read
+        data = _data(value)
+        said = _data(confidence)
+        inline: dict[str, Any] | None = None
+        if attempt is not None:  # the answered attempt, inline
+            shared = a_value is value and a_confidence is confidence
+            inline = self._attempt_fields(
+                attempt,
+                a_verified,
+                data if shared else _data(a_value),
+                said if shared else _data(a_confidence),
+                a_token,
+            )
         record = Record(
             {
                 "v": SCHEMA,
@@ -440,15 +481,15 @@ class _Call:
                 "attempt": attempts,
                 "outcome": outcome._value_,
                 "verified": verified,
-                "value": value,
-                "confidence": confidence,
+                "value": data,
+                "confidence": said,
                 "error": self.text(error) if error else None,
                 "duration_us": round(duration * 1_000_000),
                 "source": source,
                 "reason": self.text(reason) if reason else None,
                 "exception": exception,
                 "events": events,
-                "answered": None if answered is None else self._attempt_fields(*answered),
+                "answered": inline,
             }
         )
         if self.traceparent is not None:
