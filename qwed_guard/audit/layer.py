@@ -356,16 +356,19 @@ class _Call:
         shared = self.common
         if shared is None:
             layer = self.layer
-            query = layer._query_value(self.query)
+            raw = self.query
+            if type(raw) is str and layer.redact_key is None:
+                query = scrub(raw)  # the common case, as `_query_value` has it
+            else:
+                query = layer._query_value(raw)
             # With redact="hmac", the raw query wherever an error, reason or event repeats it.
             if layer.redact_key is not None and query is not None:
-                raw = self.query
                 text = raw if isinstance(raw, str) else repr(raw)
                 if len(text) >= _MIN_HIDDEN:
                     self.hidden = (text, query)
-            qwed_version, guard_version = versions()
-            context = layer._context_value(self.fields)
-            shared = self.common = (query, context, qwed_version, guard_version)
+            fields = self.fields
+            context = layer._context_value(fields) if fields or layer.context else {}
+            shared = self.common = (query, context, *versions())
         return shared
 
     def _attempt_fields(
@@ -453,8 +456,9 @@ class _Call:
                         continue  # the call's own `reason`
                     item[name] = jsonable(datum)
                 events.append(self.hide(item) if self.hidden else item)
-        data = _data(value)
-        said = _data(confidence)
+        # `_data`, with its most common case (a float: `float_text`) first.
+        data = repr(value) if type(value) is float else _data(value)
+        said = repr(confidence) if type(confidence) is float else _data(confidence)
         inline: dict[str, Any] | None = None
         if attempt is not None:  # the answered attempt, inline
             shared = a_value is value and a_confidence is confidence

@@ -17,6 +17,7 @@ import enum
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from qwed_guard._version import __version__
@@ -218,29 +219,38 @@ def _load_orjson() -> Callable[[Any], bytes]:
         | orjson.OPT_PASSTHROUGH_DATETIME
     )
 
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=option)
-
-    def strict_dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=strict)
-
-    def record_dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=record_option)
-
-    _sorted_dumps, _strict_dumps, _record_dumps = dumps, strict_dumps, record_dumps
+    # Partials: called from C, without a Python frame of their own.
+    dumps = partial(orjson.dumps, option=option)
+    _sorted_dumps = dumps
+    _strict_dumps = partial(orjson.dumps, option=strict)
+    _record_dumps = partial(orjson.dumps, option=record_option)
     return dumps
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The RFC 8785 (JCS) bytes of `record`: orjson when that is provably the same, else rfc8785."""
     kind = type(record)
-    if kind is Record or (kind is dict and _plain_types(record.values())):
+    if kind is Record:  # the audit layer's own records: the fast path at once
+        dumps = _record_dumps
+        if dumps is None:
+            _load_orjson()
+            dumps = _record_dumps
+            assert dumps is not None
+        try:
+            body = dumps(record)
+        except TypeError:
+            pass
+        else:
+            # Its own keys are ASCII; the dicts inside it may hold a user's keys.
+            if body.isascii() or _ascii_keys_within(record.values()):
+                return body
+    elif kind is dict and _plain_types(record.values()):
         # The fast path, same bytes as below: the type walk plus orjson's strict mode refuse
         # everything `_simple` refuses except non-ASCII keys, which only non-ASCII output holds.
-        strict = _record_dumps if kind is Record else _strict_dumps
+        strict = _strict_dumps
         if strict is None:
             _load_orjson()
-            strict = _record_dumps if kind is Record else _strict_dumps
+            strict = _strict_dumps
             assert strict is not None
         try:
             body = strict(record)
@@ -249,10 +259,7 @@ def canonical(record: Mapping[str, Any]) -> bytes:
         else:
             # Non-ASCII text sorts and escapes alike in both; only a non-ASCII key could be
             # ordered differently (RFC 8785 compares UTF-16 code units).
-            # A Record's own keys are ASCII; the dicts inside it may hold a user's keys.
-            if body.isascii() or (
-                (kind is Record or _ascii_keys(record)) and _ascii_keys_within(record.values())
-            ):
+            if body.isascii() or (_ascii_keys(record) and _ascii_keys_within(record.values())):
                 return body
     if _simple(record):
         dumps = _sorted_dumps or _load_orjson()
@@ -299,9 +306,11 @@ def seal(
     record["prev_hash"] = prev_hash
     body = canonical(record)
     if key is None:
-        digest = chain_hash(prev_hash, body)
+        hasher = hashlib.sha256(prev_hash.encode("ascii"))  # chain_hash without a sig
+        hasher.update(body)
+        digest = hasher.hexdigest()
         record["hash"] = digest
-        return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+        return b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n')), digest
     sig = record_sig(key, body)
     digest = chain_hash(prev_hash, body, sig)
     record["sig"], record["hash"] = sig, digest
