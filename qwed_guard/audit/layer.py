@@ -76,6 +76,7 @@ __all__ = ["AuditLayer", "AuditOptions", "audited"]
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
 _SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
+_VERIFIED = Outcome.VERIFIED  # an Enum member looked up once: `Outcome.X` costs a lookup
 _QUIET_EVENTS: frozenset[type] = frozenset({AttemptStarted, RetryScheduled})
 _MISSING: Any = object()
 _MIN_HIDDEN = 4
@@ -118,7 +119,7 @@ def _read(result: Any, outcome: Outcome) -> Read:
     """
     if isinstance(result, BaseException):
         return False, None, None
-    verified = outcome is Outcome.VERIFIED
+    verified = outcome is _VERIFIED
     if type(result) is GuardedResult:
         verified = verified and result.verified is True and result.source == "verified"
         value, confidence = result.value, result.confidence
@@ -234,9 +235,9 @@ class _Call:
         self.events: list[Event] | None = None
         self.failure: BaseException | None = None
         self.held: tuple[Attempt, Any, float] | None = None
+        """The answered attempt, its result and end time, until the call record takes them."""
         self.ended: _Ended | None = None
         """What the call ended with, captured by `finish` for `_call_record`."""
-        """The answered attempt and its result, until the call record takes them."""
         self.policy = ctx.policy_hash
         self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
         query = layer._query.find(ctx.args, ctx.kwargs)
@@ -249,7 +250,16 @@ class _Call:
     def __call__(self, event: Event) -> None:
         kind = type(event)
         if kind is AttemptEnded:
-            self._attempt(event)  # type: ignore[arg-type]  # narrowed by kind
+            attempt = event.record  # type: ignore[union-attr]  # narrowed by kind
+            result = event.result  # type: ignore[union-attr]
+            if (
+                self.held is None
+                and attempt.outcome in ANSWERED
+                and not isinstance(result, BaseException)
+            ):
+                self.held = (attempt, result, event.wall)  # the common case of `_attempt`
+            else:
+                self._attempt(event)  # type: ignore[arg-type]
         elif kind is CallEnded:
             self.finish(event)  # type: ignore[arg-type]  # narrowed by kind
         elif kind not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
@@ -294,15 +304,23 @@ class _Call:
             exception = type(exc).__name__
             given = getattr(exc, "reason", None)
             reason = given if isinstance(given, str) else None
-        elif type(result) is GuardedResult:
+        elif type(result) is GuardedResult:  # `_read` and `_token`, inline: the common case
             outcome = result.outcome
             source = result.source
-            read = _read(result, outcome)
+            value = result.value
+            said: Any = result.confidence
+            if type(value) not in _SCALARS:
+                value = _Made(jsonable(value))
+            if type(said) not in _SCALARS:
+                said = _Made(jsonable(said))
+            checked = outcome is _VERIFIED and result.verified is True
+            read = (checked and source == "verified", value, said)
             # A verified GuardedResult's value and confidence are its attempt's answer's.
             shared = source == "verified" and held is not None and held[1] is result.result
             error = result.error
             reason = result.reason
-            token = _token(result)
+            given = result.attestation
+            token = given if isinstance(given, str) and given else None
         else:
             outcome = diagnosis.outcome
             source = _SOURCES.get(outcome, "unverified")
@@ -319,7 +337,7 @@ class _Call:
             attempt, produced, _ = held
             if shared:
                 a_verified, a_value, a_confidence = (
-                    attempt.outcome is Outcome.VERIFIED, value, confidence
+                    attempt.outcome is _VERIFIED, value, confidence
                 )  # fmt: skip
             else:
                 a_verified, a_value, a_confidence = _read(produced, attempt.outcome)
