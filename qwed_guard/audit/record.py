@@ -96,7 +96,17 @@ FIELDS: dict[str, str] = {
 
 
 _CALL_ONLY = frozenset(
-    ("events", "source", "reason", "exception", "answered", "attestation", "sig", "hash")
+    (
+        "events",
+        "source",
+        "reason",
+        "exception",
+        "answered",
+        "attestation",
+        "prev_hash",
+        "sig",
+        "hash",
+    )
 )
 
 
