@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from qwed_guard import clock
 from qwed_guard.alerts import Alert
+from qwed_guard.audit.record import attempts_in
 from qwed_guard.context import audit_context, current
 from qwed_guard.demo import percentile
 from qwed_guard.fallback import GuardedResult
@@ -553,7 +554,7 @@ def check_invariants(
     lying = sum(1 for r in results if r.source == "fallback" and r.verified)
     add("fallback results marked verified", 0, lying, "a fallback never claims verified=True")
 
-    attempts = [r for r in ev.records if r.get("event") == "attempt"]
+    attempts = list(attempts_in(ev.records))  # a call's answered attempt is inline in it
     call_records = [r for r in ev.records if r.get("event") == "call"]
     by_index: dict[int, Mapping[str, Any]] = {}
     duplicates = 0
@@ -797,7 +798,7 @@ def run_scenario(
     reasons = Counter(
         c.result.outcome.value for c in results if c.result is not None and c.result.is_fallback
     )
-    attempts = sum(1 for r in records if r.get("event") == "attempt")
+    attempts = sum(1 for _ in attempts_in(records))
     metrics: dict[str, Any] = {
         "calls": len(results),
         "verified": sources.get("verified", 0),

@@ -110,13 +110,13 @@ def scrub(text: str) -> str:
 def may_hold_secret(text: str) -> bool:
     """False only for text none of `scrub`'s patterns and registered secrets can match (a
     cheap pre-check)."""
-    if "sk-" in text or "://" in text or "=" in text:
+    # Lowering keeps "sk-", "://" and "=" where they are: one search finds them and the words.
+    if _trigger(text.lower()) is not None:
         return True
-    lowered = text.lower()
-    if any(word in lowered for word in _HEADER_WORDS):
-        return True
-    return any(secret in text for secret in _registered_snapshot)
+    snapshot = _registered_snapshot
+    return bool(snapshot) and any(secret in text for secret in snapshot)
 
 
 # Every pattern above that needs neither "sk-", "://" nor "=" needs one of these words.
 _HEADER_WORDS = ("bearer", "basic", "token", "key", "auth", "cookie")
+_trigger = re.compile("|".join(re.escape(t) for t in ("sk-", "://", "=", *_HEADER_WORDS))).search

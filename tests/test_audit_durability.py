@@ -21,6 +21,7 @@ from qwed_guard.audit import JsonlSink, audited, read_records, verify_trail
 from qwed_guard.audit.chain import Key
 from qwed_guard.audit.record import rfc3339
 from qwed_guard.audit.sinks import sink_from_url
+from tests.trails import attempts_of
 
 
 @dataclass
@@ -83,11 +84,14 @@ def test_sigkill_at_random_moments_loses_no_returned_call(tmp_path: Path) -> Non
         torn_seen += bool(torn)
         complete = raw.splitlines()[:-1] if torn else raw.splitlines()
         records = [orjson.loads(line) for line in complete]  # at most the last line is torn
-        queries = {}
+        queries: dict[Any, list[dict[str, Any]]] = {}
         for record in records:
-            queries.setdefault(record.get("query"), []).append(record["event"])
+            queries.setdefault(record.get("query"), []).append(record)
         for query in returned:
-            assert queries.get(query) == ["attempt", "attempt", "call"], (run, query)
+            mine = queries.get(query, [])
+            # The failed attempt, then the call record with the verified attempt inline.
+            assert [r["event"] for r in mine] == ["attempt", "call"], (run, query)
+            assert [a["outcome"] for a in attempts_of(mine)] == ["transient", "verified"]
         # Reopening repairs the torn line (and says so) and the chain still verifies.
         with JsonlSink(path, fsync="always") as sink:
             sink.append([{"v": 1, "event": "marker", "id": f"marker/{run}"}])
@@ -300,10 +304,11 @@ def test_through_guarded_client_and_the_simulator(tmp_path: Path, fake_clock: An
     records = list(read_records(str(path)))
     assert [(r["event"], r["outcome"]) for r in records] == [
         ("attempt", "transient"),
-        ("attempt", "verified"),
         ("call", "verified"),
     ]
-    assert records[0]["status"] == 503 and records[1]["wait_us"] == 1_000_000
+    answered = records[1]["answered"]
+    assert answered["outcome"] == "verified" and answered["attempt"] == 2
+    assert records[0]["status"] == 503 and answered["wait_us"] == 1_000_000
     assert records[-1]["query"] == question.text
     assert verify_trail(str(path)).ok
 

@@ -22,6 +22,7 @@ from qwed_guard.audit.chain import Key
 from qwed_guard.audit.cli import main as audit_cli
 from qwed_guard.audit.sinks import FsyncMode, sink_from_url
 from tests.services import PostgresServer, free_port
+from tests.trails import attempts_of
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (extra 'fleet') is not installed")
 
@@ -104,16 +105,18 @@ def test_every_outcome_path_writes_the_records_jsonl_writes(
     run_paths(PostgresSink(url))
     expected = list(read_records(str(jsonl)))
     stored = list(read_records(url))
-    assert len(stored) == 13  # 1 + 3 + 3 + 2 attempts, 4 calls
+    # 4 calls; attempts 1 + 3 + 3 + 2, the two verified ones inline in their call records
+    assert len(stored) == 11
+    assert len(attempts_of(stored)) == 9 and sum(1 for r in stored if r.get("answered")) == 2
     assert [comparable(r) for r in stored] == [comparable(r) for r in expected]
-    assert [r["seq"] for r in stored] == list(range(1, 14))
+    assert [r["seq"] for r in stored] == list(range(1, 12))
     # The indexed columns carry the record's own values.
     assert rows(url, table, "outcome") == [r["outcome"] for r in stored]
     assert rows(url, table, "call_id") == [r["call_id"] for r in stored]
     utc = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
     assert rows(url, table, utc) == [r["ts"] for r in stored]
     report = verify_trail(url)
-    assert report.ok and report.records == 13, report.summary()
+    assert report.ok and report.records == 11, report.summary()
     assert "qwed_guard:" not in report.summary()  # no credentials in what is shown
 
 
@@ -259,7 +262,8 @@ def test_unreachable_server_spools_and_never_logs_the_password(
         assert ask("What is 2 + 2?") is OK  # the call goes on: its records are in the spool
         assert sink.degraded
         spooled = [orjson.loads(line) for line in spool.read_bytes().splitlines()]
-        assert [r["event"] for r in spooled] == ["attempt", "call"]
+        assert [r["event"] for r in spooled] == ["call"]  # its verified attempt inline
+        assert spooled[0]["answered"]["outcome"] == "verified"
         assert all("seq" not in r and "hash" not in r for r in spooled)
         assert stat.S_IMODE(spool.stat().st_mode) == 0o600
         assert stat.S_IMODE(spool.parent.stat().st_mode) == 0o700
@@ -313,13 +317,14 @@ def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
     other.close()
     assert spool.stat().st_size == 0
     ids = rows(postgres_server.url, "qwed_guard_audit")
-    assert len(ids) == len(set(ids)) == 300 * 2 + 300
-    queries = [r["query"] for r in read_records(url) if r.get("event") == "call"]
-    assert queries == [f"q{n}" for n in range(300)]  # in order
+    assert len(ids) == len(set(ids)) == 300 + 300  # one record per verified call
+    calls = [r for r in read_records(url) if r.get("event") == "call"]
+    assert [r["query"] for r in calls] == [f"q{n}" for n in range(300)]  # in order
+    assert all(r["answered"]["outcome"] == "verified" for r in calls)
     others = [i for i in ids if i.startswith("other/")]
     assert others == [f"other/{n}" for n in range(300)]
     report = verify_trail(url)
-    assert report.ok and report.records == 900, report.summary()
+    assert report.ok and report.records == 600, report.summary()
 
 
 def test_every_postgres_column_is_checked_and_a_cut_head_is_caught(

@@ -21,6 +21,7 @@ from qwed_guard.context import current
 from qwed_guard.errors import ParameterError
 from qwed_guard.outcomes import register_secret, scrub
 from qwed_guard.redact import _HEADER_WORDS, _SECRET_PATTERNS
+from tests.trails import attempts_of
 
 
 @dataclass
@@ -86,12 +87,34 @@ PATHS = {
 
 
 def check_path(name: str, records: list[dict[str, Any]], result: Any, raised: Any) -> None:
-    attempts, calls = by_event(records, "attempt"), by_event(records, "call")
+    attempts, calls = attempts_of(records), by_event(records, "call")
+    separate = by_event(records, "attempt")
     assert len(calls) == 1
     call = calls[0]
     assert {r["call_id"] for r in records} == {call["call_id"]}
     assert [r["attempt"] for r in attempts] == list(range(1, len(attempts) + 1))
-    assert records[-1] is call  # attempts are written before the call record
+    assert records[-1] is call  # failed attempts are written before the call record
+    assert all(r["v"] == 2 for r in records)
+    if name in ("verified_first_try", "retried_then_verified"):
+        # The answered attempt is inline in the call record, not a record of its own.
+        assert separate == attempts[:-1] and attempts[-1]["inline"] is True
+        assert len(records) == len(attempts)
+        assert set(call["answered"]) == {
+            "attempt",
+            "outcome",
+            "verified",
+            "value",
+            "confidence",
+            "error",
+            "status",
+            "duration_us",
+            "wait_us",
+        }
+        assert call["answered"]["value"] == call["value"] == "1102.5"
+        assert call["answered"]["verified"] is True and call["answered"]["error"] is None
+    else:
+        assert call["answered"] is None and separate == attempts
+        assert len(records) == len(attempts) + 1
     assert all(r["query"] == "What is 5% of 22050?" for r in records)
     assert call["attempt"] == len(attempts)
     if name == "verified_first_try":
@@ -126,6 +149,7 @@ def check_path(name: str, records: list[dict[str, Any]], result: Any, raised: An
             assert key in record
         assert record["ts"].endswith("Z") and record["function"].endswith("ask")
         assert not any(isinstance(v, float) for v in record.values())
+    assert not any(isinstance(v, float) for v in (call["answered"] or {}).values())
 
 
 @pytest.mark.parametrize("name", list(PATHS))
@@ -171,7 +195,9 @@ async def test_concurrent_async_calls_keep_their_records_apart(fake_clock: Any) 
     for call in calls:
         mine = [r for r in sink.records if r["call_id"] == call["call_id"]]
         assert {r["query"] for r in mine} == {call["query"]}
-        assert [r["event"] for r in mine] == ["attempt", "attempt", "call"]
+        assert [r["event"] for r in mine] == ["attempt", "call"]  # the verified one inline
+        assert [a["outcome"] for a in attempts_of(mine)] == ["transient", "verified"]
+        assert [a["attempt"] for a in attempts_of(mine)] == [1, 2]
 
 
 def test_records_form_a_verifiable_chain(tmp_path: Any) -> None:
@@ -180,7 +206,10 @@ def test_records_form_a_verifiable_chain(tmp_path: Any) -> None:
     fn("What is 5% of 22050?")
     fn("What is 5% of 22050?")
     records = sink.records
-    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    # outage + verified (inline in its call record), then verified at once: 3 records
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert [r["event"] for r in records] == ["attempt", "call", "call"]
+    assert [a["outcome"] for a in attempts_of(records)] == ["transient", "verified", "verified"]
     assert records[0]["prev_hash"] == GENESIS
     for before, after in itertools.pairwise(records):
         assert after["prev_hash"] == before["hash"]

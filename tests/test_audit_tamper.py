@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from qwed_guard import fallback, retry
+from qwed_guard import AuditError, fallback, retry
 from qwed_guard.audit import JsonlSink, audited, verify_trail
 from qwed_guard.audit.chain import Key, mac
 from qwed_guard.audit.cli import main
@@ -267,10 +267,73 @@ def test_show_filters_and_stats(trail: Path, capsys: pytest.CaptureFixture[str])
     code, out = run_cli(capsys, "show", str(trail), "--since", "2100-01-01")
     assert code == 0 and "0 records" in out
     code, out = run_cli(capsys, "show", str(trail), "--since", "2025-12-31T23:00:00Z")
-    assert code == 0 and f"{len(records)} records" in out
+    # Every stored record, and each call's answered attempt (inline in it) as a row of its own.
+    inline = sum(1 for r in records if r["event"] == "call" and r["answered"] is not None)
+    assert inline == 6
+    assert code == 0 and f"{len(records) + inline} records" in out
     code, out = run_cli(capsys, "stats", str(trail))
     assert code == 0
     assert "6 calls, 12 attempts" in out
     assert "attempts per call: mean 2.00 (2: 6)" in out
     assert "call duration: p50 1000.0 ms, p95 1000.0 ms" in out  # one 1 s backoff each
     assert "transient" in out and "verified" in out
+
+
+def test_a_v1_trail_continued_by_the_v2_writer_verifies(
+    tmp_path: Path, key: Key, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qwed_guard.audit.chain as chain
+
+    path = tmp_path / "audit.jsonl"
+    # What the v1 writer wrote for a call verified at once: an attempt record, then the call's.
+    common = {
+        "v": 1,
+        "ts": "2026-01-01T00:00:00.000000Z",
+        "call_id": "old-1",
+        "function": "app.ask",
+        "query": "What is 1 + 1?",
+        "context": {},
+        "policy": None,
+        "qwed": None,
+        "qwed_guard": "0.1.0",
+        "attempt": 1,
+        "outcome": "verified",
+        "verified": True,
+        "value": "2",
+        "confidence": "1.0",
+        "error": None,
+    }
+    attempt = {**common, "id": "old-1/a1", "event": "attempt", "status": None}
+    attempt.update(duration_us=5, wait_us=0)
+    call = {**common, "id": "old-1/call", "event": "call", "duration_us": 9, "source": "verified"}
+    call.update(reason=None, exception=None, events=[])
+    with monkeypatch.context() as patched:
+        patched.setattr(chain, "SCHEMA", 1)  # its genesis too
+        with JsonlSink(path, key=Key(KEY.encode()), fsync="none") as old:
+            old.append([attempt, call])
+    v1 = [orjson.loads(line) for line in lines_of(path)]
+    assert [r["event"] for r in v1] == ["genesis", "attempt", "call", "checkpoint"]
+    assert {r["v"] for r in v1} == {1}
+
+    write_trail(path, f"jsonl:{path}", calls=2)  # the v2 writer goes on after the v1 records
+    records = [orjson.loads(line) for line in lines_of(path)]
+    assert records[: len(v1)] == v1
+    added = records[len(v1) :]
+    assert {r["v"] for r in added} == {2}
+    assert [r["event"] for r in added if r["event"] != "checkpoint"] == ["attempt", "call"] * 2
+    assert all(r["answered"]["outcome"] == "verified" for r in added if r["event"] == "call")
+    report = verify_trail(str(path), key=key)
+    assert report.ok and report.records == len(records), report.summary()
+    code, out = run_cli(capsys, "verify", str(path), "--key-env", KEY_ENV)
+    assert code == 0 and out.startswith("OK audit.jsonl") and "verified with the key" in out
+    code, out = run_cli(capsys, "stats", str(path))
+    # v1: 1 call, 1 attempt record; v2: 2 calls, each a failed attempt + one inline.
+    assert code == 0 and "3 calls, 5 attempts" in out
+    code, out = run_cli(capsys, "show", str(path), "--event", "attempt")
+    assert code == 0 and "5 records" in out
+    # A trail whose first record has a schema this writer does not know is not extended.
+    other = tmp_path / "future.jsonl"
+    first = {**orjson.loads(lines_of(path)[0]), "v": 3}
+    other.write_bytes(orjson.dumps(first) + b"\n")
+    with pytest.raises(AuditError):
+        JsonlSink(other, fsync="none").append([{"v": 2, "event": "attempt", "id": "x"}])

@@ -84,6 +84,14 @@ def test_a_lost_call_record_fails(runs: dict[str, Report]) -> None:
     assert "call records = calls" in broken(ev)
 
 
+def test_a_lost_inline_attempt_fails(runs: dict[str, Report]) -> None:
+    ev = evidence_of(runs)
+    # A call record whose answered attempt (inline since schema v2) went missing.
+    call = next(i for i, r in enumerate(ev.records) if r["event"] == "call" and r["answered"])
+    ev.records = [dict(r, answered=None) if i == call else r for i, r in enumerate(ev.records)]
+    assert "calls missing attempt records" in broken(ev)
+
+
 def test_a_lost_attempt_record_fails(runs: dict[str, Report]) -> None:
     ev = evidence_of(runs)
     sent = next(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qwed_guard.audit import JsonlSink, read_records
+from tests.trails import attempts_of
 
 KILL_AFTER = 25  # completed calls: the kill lands in the middle of the run
 DEMO_KILL_AFTER = 10  # the demo waits 1 s and 2 s between tries: fewer, to stay quick
@@ -110,9 +111,8 @@ def test_killed_program_loses_no_completed_call(tmp_path: Path) -> None:
     records = list(read_records(str(trail)))
     calls = {r["context"]["kill_call"]: r for r in records if r["event"] == "call"}
     attempts: dict[str, list[int]] = {}
-    for record in records:
-        if record["event"] == "attempt":
-            attempts.setdefault(record["call_id"], []).append(record["attempt"])
+    for attempt in attempts_of(records):  # the failed ones, and each answered one inline
+        attempts.setdefault(attempt["call_id"], []).append(attempt["attempt"])
     for index in completed:
         call = calls.get(index)
         assert call is not None, f"completed call {index} has no call record"

@@ -25,6 +25,7 @@ from qwed_sdk import QWEDAsyncClient, QWEDClient
 from qwed_guard import GuardedResult, Outcome, Policy, guard_client
 from qwed_guard.clock import FakeClock
 from qwed_guard.sim.qwed_api import QwedApiServer
+from tests.trails import attempts_of
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "hosted.md"
 SCHEMA = "CREATE TABLE users (id INT, name TEXT)"
@@ -152,9 +153,14 @@ def check(case: Case, result: GuardedResult, method: Callable[..., Any], clock: 
     call = records[-1]
     assert call["event"] == "call" and call["outcome"] == case.outcome.value
     assert call["verified"] is case.verified
-    attempts = [r for r in records if r["event"] == "attempt"]
+    attempts = attempts_of(records)  # the failed ones' records, the answered one inline
     assert len(attempts) == case.attempts
     assert all(r["verified"] is (r["outcome"] == "verified") for r in attempts)
+    if case.verified:
+        assert attempts[-1]["inline"] is True and call["answered"]["outcome"] == "verified"
+        assert call["answered"].get("attestation") == call.get("attestation")
+    else:
+        assert call["answered"] is None
     breaker: Any = getattr(method, "breaker")  # noqa: B009
     # Provider failures count against the breaker; a refused or unverifiable answer does not.
     if case.outcome in (Outcome.TRANSIENT, Outcome.PERMANENT):
@@ -388,7 +394,8 @@ def test_qwed_langchain_tool_guarded_through_its_private_client(
     assert fake_clock.waits == [1.0, 2.0]
     records = audit_records(down._client.verify_math)  # the policy's one trail: the last call
     last = [r for r in records if r["call_id"] == records[-1]["call_id"]]
-    assert [r["outcome"] for r in last if r["event"] == "attempt"] == ["transient"] * 3
+    assert [r["outcome"] for r in attempts_of(last)] == ["transient"] * 3
+    assert last[-1]["answered"] is None
 
 
 def test_refused_hosted_answers_reach_the_alerter(

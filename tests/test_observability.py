@@ -447,7 +447,9 @@ def test_the_trace_id_is_written_into_every_audit_record(
     verify = audited(sink=f"jsonl:{path}")(retry(max_tries=2, jitter=None)(replies(DOWN, OK)))
     assert verify("2+2") is OK
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["event"] for r in records] == ["attempt", "attempt", "call"]
+    # The failed attempt, then the call record with the verified attempt inline.
+    assert [r["event"] for r in records] == ["attempt", "call"]
+    assert records[1]["answered"]["attempt"] == 2
     (root,) = spans.roots()
     context = root.context
     flags = f"{int(context.trace_flags):02x}"
@@ -508,12 +510,13 @@ def test_audit_commits_are_counted_by_sink_and_event(
     from qwed_guard.audit.sinks import close_all
 
     close_all()
-    assert scrape.value("qwed_guard_audit_records_total", sink="jsonl", event="attempt") == 2
+    # Records, not attempts: an answered attempt is inline in its call record.
+    assert scrape.value("qwed_guard_audit_records_total", sink="jsonl", event="attempt") == 1
     assert scrape.value("qwed_guard_audit_records_total", sink="jsonl", event="call") == 1
-    assert scrape.value("qwed_guard_audit_records_total", sink="sqlite", event="attempt") == 1
+    assert scrape.value("qwed_guard_audit_records_total", sink="sqlite", event="attempt") == 0
     assert scrape.value("qwed_guard_audit_records_total", sink="sqlite", event="call") == 1
-    # fsync="always" commits a failed attempt at once, and the answered one with its call
-    # record; "batch" commits a group
+    # fsync="always" commits a failed attempt at once, and the call record with the answered
+    # attempt inline; "batch" commits a group
     assert scrape.value("qwed_guard_audit_commit_duration_seconds_count", fsync="always") == 2
     assert scrape.value("qwed_guard_audit_commit_duration_seconds_count", fsync="batch") >= 1
 
@@ -824,7 +827,7 @@ def test_policy_sections_attach_tracing_and_metrics(fake_clock: FakeClock) -> No
     traced("q")
     sink = traced.find_layer("audited").sink
     records = sink.records
-    assert len(records) == 2
+    assert len(records) == 1 and records[0]["answered"]["outcome"] == "verified"  # inline
     assert all(r["traceparent"].startswith("00-") for r in records)  # the trace, in the trail
     assert all(r["policy"] == audited_policy.hash for r in records)
 

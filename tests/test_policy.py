@@ -545,7 +545,8 @@ def test_audit_records_carry_the_policy_hash(fake_clock: FakeClock) -> None:
 
     ask("What is 2 + 2?")
     records = ask.find_layer("audited").sink.records  # type: ignore[attr-defined]
-    assert [r["event"] for r in records] == ["attempt", "call"]
+    assert [r["event"] for r in records] == ["call"]  # its verified attempt inline
+    assert records[0]["answered"]["outcome"] == "verified"
     assert {r["policy"] for r in records} == {policy.hash}
 
 

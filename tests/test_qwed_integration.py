@@ -24,6 +24,7 @@ from qwed_guard import (
 )
 from qwed_guard.clock import FakeClock
 from qwed_guard.sim import Reply, SimulatedLLM
+from tests.trails import attempts_of
 
 BuildClient = Callable[[str, str], Any]
 
@@ -156,8 +157,9 @@ def _audited_verifier(client: Any) -> Any:
 
 
 def _attempt_records(verify: Any) -> list[dict[str, Any]]:
+    """The call's attempts: the failed ones' records and the answered one, inline in the call's."""
     sink = verify.find_layer("audited").sink
-    return [r for r in sink.records if r["event"] == "attempt"]
+    return attempts_of(sink.records)
 
 
 def test_a_failed_second_prompt_costs_one_more_request(fake_clock: FakeClock) -> None:
@@ -171,6 +173,7 @@ def test_a_failed_second_prompt_costs_one_more_request(fake_clock: FakeClock) ->
         first, second = _attempt_records(verify)
         assert (first["outcome"], first["status"], "reused" in first) == ("transient", 503, False)
         assert (second["outcome"], second["reused"]) == ("verified", 1)
+        assert second["inline"] is True and "inline" not in first
 
 
 def test_reuse_replies_off_asks_both_prompts_again(fake_clock: FakeClock) -> None:

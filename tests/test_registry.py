@@ -22,6 +22,7 @@ from qwed_guard.audit.record import GENESIS
 from qwed_guard.audit.sinks import SINKS, ChainedSink, Trail, register_sink, sink_from_url
 from qwed_guard.audit.sinks.base import Row
 from qwed_guard.errors import ParameterError
+from tests.trails import attempts_of
 
 KEY = "QWED_GUARD_TEST_REGISTRY_KEY"
 STORES: dict[str, list[bytes]] = {}
@@ -117,7 +118,9 @@ def test_a_registered_sink_is_written_and_audit_verify_reads_it_back(
     assert sink is not sink_from_url("listy:first", batch_size=7)  # other options, its own
 
     records = list(read_records("listy:first"))
-    assert [r["event"] for r in records][:3] == ["genesis", "attempt", "call"]
+    # Each call answered at once: one call record, its attempt inline.
+    assert [r["event"] for r in records][:3] == ["genesis", "call", "call"]
+    assert [a["outcome"] for a in attempts_of(records)] == ["unchecked"] * 3
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert any(r["event"] == "checkpoint" for r in records)  # every 4 records
     assert verify_trail("listy:first").ok
@@ -220,6 +223,7 @@ def test_trails_are_read_back_from_a_path_object_as_from_a_string(tmp_path: Path
 
     ask("q")
     close_all()
-    assert [r["event"] for r in read_records(trail)] == ["attempt", "call"]
-    assert [r["event"] for r in read_records(str(trail))] == ["attempt", "call"]
+    assert [r["event"] for r in read_records(trail)] == ["call"]  # its attempt inline
+    assert list(read_records(str(trail))) == list(read_records(trail))
+    assert [a["attempt"] for a in attempts_of(read_records(trail))] == [1]
     assert verify_trail(trail).ok and verify_trail(str(trail)).ok

@@ -31,6 +31,7 @@ from qwed_guard.outcomes import Diagnosis, parse_retry_after
 from qwed_guard.sim import SimulatedLLM
 from qwed_guard.state import MemoryStore
 from qwed_guard.verdicts import diagnose, unregister_verdict
+from tests.trails import attempts_of
 
 # ------------------------------------------------------------------ QWEDLocal, every method
 
@@ -364,7 +365,8 @@ def test_a_nan_wait_never_reaches_the_clock_or_the_trail(fake_clock: FakeClock) 
     assert result.verified is True and result.source == "verified" and result.attempts == 2
     assert fake_clock.waits == [1.0]
     records = guarded.find_layer("audited").sink.records
-    assert [r["wait_us"] for r in records if r["event"] == "attempt"] == [0, 1_000_000]
+    assert [r["wait_us"] for r in attempts_of(records)] == [0, 1_000_000]
+    assert records[-1]["answered"]["wait_us"] == 1_000_000  # the verified one, inline
 
 
 def test_functions_sharing_a_name_never_share_state_in_one_store(fake_clock: FakeClock) -> None:

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main", "register"]
@@ -206,6 +206,17 @@ def _ms(record: dict[str, Any]) -> str:
     return f"{micros / 1000:.1f}" if isinstance(micros, int) else ""
 
 
+def _expanded(record: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bool]]:
+    """What `show` lists for `record`: its inline answered attempt first, if it holds one (as
+    an attempt record, flagged True), then the record itself."""
+    from qwed_guard.audit.record import inline_attempt
+
+    inline = inline_attempt(record)
+    if inline is not None:
+        yield inline, True
+    yield record, False
+
+
 def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -219,22 +230,23 @@ def _show(args: argparse.Namespace) -> int:
     except (ValueError, OverflowError):
         return _error(f"--since {args.since!r}: use an RFC 3339 time, a date, or 30m/2h/7d")
     # Streamed: with --limit only the last N matching records are ever held.
-    rows: deque[dict[str, Any]] | list[dict[str, Any]] = (
+    rows: deque[tuple[dict[str, Any], bool]] | list[tuple[dict[str, Any], bool]] = (
         deque(maxlen=args.limit) if args.limit else []
     )
     try:
-        for record in read_records(args.path):
-            if args.call and not str(record.get("call_id") or "").startswith(args.call):
-                continue
-            if args.outcome and record.get("outcome") != args.outcome:
-                continue
-            if args.event and record.get("event") != args.event:
+        for stored in read_records(args.path):
+            if args.call and not str(stored.get("call_id") or "").startswith(args.call):
                 continue
             if since is not None:
-                when = _ts(record)
+                when = _ts(stored)
                 if when is None or when < since:
                     continue
-            rows.append(record)
+            for row in _expanded(stored):  # an answered attempt is listed as an attempt
+                if args.outcome and row[0].get("outcome") != args.outcome:
+                    continue
+                if args.event and row[0].get("event") != args.event:
+                    continue
+                rows.append(row)
     except trail.errors as exc:
         return _error(_scrubbed(exc))
     table = Table(title=f"{_name(trail)}: {len(rows)} records", show_lines=False)
@@ -252,7 +264,7 @@ def _show(args: argparse.Namespace) -> int:
         ("error / reason", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for record in rows:
+    for record, inline in rows:
         ts = str(record.get("ts") or "")
         function = str(record.get("function") or "").rsplit(".", 1)[-1]
         detail = record.get("error") or record.get("reason")
@@ -260,8 +272,9 @@ def _show(args: argparse.Namespace) -> int:
             detail = f"signs seq {record.get('covers_seq')}"
         elif record.get("event") == "repair":
             detail = f"dropped {record.get('dropped_bytes')} torn bytes"
+        seq = str(record.get("seq", ""))
         table.add_row(
-            str(record.get("seq", "")),
+            f"({seq})" if inline else seq,  # an answered attempt: inside call record `seq`
             ts.replace("T", " ")[:23],
             _clip(record.get("call_id"), 22),
             str(record.get("event") or ""),
@@ -322,6 +335,12 @@ def _summarise(path: str, name: str) -> int:
             attempts_per_call[attempts if isinstance(attempts, int) else 0] += 1
             if isinstance(duration, int):
                 call_us.append(duration)
+            inline = record.get("answered")  # v2: the answered attempt, inline
+            if isinstance(inline, dict):
+                attempt_outcomes[str(inline.get("outcome"))] += 1
+                duration = inline.get("duration_us")
+                if isinstance(duration, int):
+                    attempt_us.append(duration)
         elif event == "attempt":
             attempt_outcomes[str(record.get("outcome"))] += 1
             if isinstance(duration, int):

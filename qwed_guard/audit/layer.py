@@ -1,9 +1,11 @@
-"""`@audited`: one record per attempt, as it ends, and one per call, in a hash-chained trail.
+"""`@audited`: a record per failed attempt, as it ends, and one per call, in a hash-chained trail.
 
 The audit trail is a hook (see `qwed_guard.hooks`): it watches the whole call wherever
-`@audited` sits in a stack. Each `AttemptEnded` event becomes an `attempt` record written at
-once (so a crash mid-call keeps the attempts already made); `CallEnded` becomes the `call`
-record with the final outcome and source. The other events go into the call record:
+`@audited` sits in a stack. Each `AttemptEnded` event of a failed attempt becomes an `attempt`
+record written at once (so a crash mid-call keeps the attempts already made, retry waits
+after them); `CallEnded` becomes the `call` record with the final outcome and source, and
+the answered last attempt (verified or unchecked) inline in its `answered` field, so a call
+verified on its first attempt makes one record. The other events go into the call record:
 `GaveUp` and `FallbackUsed` give the call's `reason`, and every other event (fallback_used,
 breaker_changed, alert_sent, ...) is listed in its `events` field as
 `{"event", "attempt", "ts", ...data}`. If a record cannot be written, the call fails closed
@@ -74,6 +76,7 @@ __all__ = ["AuditLayer", "AuditOptions", "audited"]
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
 _SOURCES = {Outcome.VERIFIED: "verified", Outcome.UNCHECKED: "unchecked"}
+_VERIFIED = Outcome.VERIFIED  # an Enum member looked up once: `Outcome.X` costs a lookup
 _QUIET_EVENTS: frozenset[type] = frozenset({AttemptStarted, RetryScheduled})
 _MISSING: Any = object()
 _MIN_HIDDEN = 4
@@ -83,30 +86,61 @@ _NOT_AUDIT_FAILURES = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 Read = tuple[bool, Any, Any]
-"""(verified, value, confidence) of what a call or an attempt produced, as record data."""
+"""(verified, value, confidence) of what a call or an attempt produced, as captured: a plain
+str, int, float, bool or None as it is (immutable: made record data where the record is
+built, by `_data`), anything else copied as record data at once (`_Made`)."""
+
+
+class _Made:
+    """A value copied as record data on the caller's side (it may change after the call)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _data(value: Any) -> Any:
+    """A captured value (`Read`) as record data: floats as decimal text, strings scrubbed."""
+    kind = type(value)
+    if kind is str:
+        return scrub(value)
+    if kind is float:
+        return float_text(value)
+    if kind is _Made:
+        return value.data
+    return value  # None, bool, int
 
 
 def _read(result: Any, outcome: Outcome) -> Read:
-    """What an attempt or a call produced, read once on the caller's side, as record data.
+    """What an attempt or a call produced, read once on the caller's side.
 
     `verified` is the verdict's, never the result's own say: only a VERIFIED outcome is.
     """
     if isinstance(result, BaseException):
         return False, None, None
-    verified = outcome is Outcome.VERIFIED
+    verified = outcome is _VERIFIED
     if type(result) is GuardedResult:
         verified = verified and result.verified is True and result.source == "verified"
         value, confidence = result.value, result.confidence
     else:
         answer = answer_of(result)
         value, confidence = answer.value, answer.confidence
-    kind = type(value)
-    if not (value is None or kind is int or kind is bool):
-        value = float_text(value) if kind is float else jsonable(value)
     said: Any = confidence
-    if said is not None:
-        said = float_text(said) if type(said) is float else jsonable(said)
+    if type(value) not in _SCALARS:
+        value = _Made(jsonable(value))
+    if type(said) not in _SCALARS:
+        said = _Made(jsonable(said))
     return verified, value, said
+
+
+_Ended = tuple[
+    float, int, float, Outcome, bool, Any, Any, "str | None", "str | None", "str | None",
+    "str | None", "str | None", "Attempt | None", bool, Any, Any, "str | None",
+]  # fmt: skip
+"""(wall, attempts, duration, outcome, verified, value, confidence, error, source, reason,
+exception, attestation token) of a call, then (attempt, verified, value, confidence, token) of
+its answered attempt (attempt None when none answered), values captured as in `Read`."""
 
 
 def _token(result: Any) -> str | None:
@@ -170,7 +204,8 @@ class _Call:
     """One call's watcher. On the caller's side it only captures what happened, as small
     values; the records are built from them where they are sealed (a batch sink's writer
     thread), so the call path stays cheap. An attempt that failed is handed to the sink at
-    once (a wait may follow); the last, answered one goes with the call record.
+    once (a wait may follow); the last, answered one goes inline in the call record
+    (`answered`), so a call verified on its first attempt makes one record.
     """
 
     __slots__ = (
@@ -178,12 +213,12 @@ class _Call:
         "call_id",
         "common",
         "ctx",
+        "ended",
         "events",
         "failure",
         "fields",
         "held",
         "hidden",
-        "last",
         "layer",
         "policy",
         "query",
@@ -197,45 +232,70 @@ class _Call:
         """Until the call ends: the records built later hold only what they need."""
         self.call_id = ctx.call_id
         self.attested = ctx.rules.require_attestation
-        self.events: list[Event] = []
+        self.events: list[Event] | None = None
         self.failure: BaseException | None = None
-        self.last: tuple[Any, Read] | None = None
-        self.held: Callable[[], dict[str, Any]] | None = None
+        self.held: tuple[Attempt, Any, float] | None = None
+        """The answered attempt, its result and end time, until the call record takes them."""
+        self.ended: _Ended | None = None
+        """What the call ended with, captured by `finish` for `_call_record`."""
         self.policy = ctx.policy_hash
         self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
         query = layer._query.find(ctx.args, ctx.kwargs)
         self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
-        self.fields = jsonable(ctx.fields) if ctx.fields else None
-        self.common: dict[str, Any] | None = None
+        fields = ctx.fields
+        self.fields = jsonable(fields) if fields else None
+        self.common: tuple[Any, dict[str, Any], str | None, str | None] | None = None
         self.hidden: tuple[str, str] | None = None
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, AttemptEnded):
-            self._attempt(event)
-        elif isinstance(event, CallEnded):
-            self.finish(event)
-        elif type(event) not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
-            self.events.append(event)
+        kind = type(event)
+        if kind is AttemptEnded:
+            attempt = event.record  # type: ignore[union-attr]  # narrowed by kind
+            result = event.result  # type: ignore[union-attr]
+            if (
+                self.held is None
+                and attempt.outcome in ANSWERED
+                and not isinstance(result, BaseException)
+            ):
+                self.held = (attempt, result, event.wall)  # the common case of `_attempt`
+            else:
+                self._attempt(event)  # type: ignore[arg-type]
+        elif kind is CallEnded:
+            self.finish(event)  # type: ignore[arg-type]  # narrowed by kind
+        elif kind not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
+            events = self.events
+            if events is None:
+                self.events = [event]
+            else:
+                events.append(event)
 
     # --- on the caller's side: capture ----------------------------------------------------
     def _attempt(self, event: AttemptEnded) -> None:
         attempt = event.record
         result = event.result
-        read = _read(result, attempt.outcome)
-        self.last = (result, read)
-        pending = partial(self._attempt_record, attempt, event.wall, read, _token(result))
+        held = self.held
+        if held is not None:  # an answered attempt was followed by another: it stands alone
+            self.held = None
+            self._write_attempt(*held)
         if attempt.outcome in ANSWERED and not isinstance(result, BaseException):
-            self.held = pending  # the last attempt: it goes with the call record
+            self.held = (attempt, result, event.wall)  # it goes inline in the call record
         else:
-            self.layer._write(self, (pending,))
+            self._write_attempt(attempt, result, event.wall)
+
+    def _write_attempt(self, attempt: Attempt, result: Any, wall: float) -> None:
+        read = _read(result, attempt.outcome)
+        pending = partial(self._attempt_record, attempt, wall, read, _token(result))
+        self.layer._write(self, (pending,))
 
     def finish(self, ended: CallEnded) -> None:
         ctx = self.ctx
         assert ctx is not None, "a call ends once"
         result, exc, diagnosis = ended.result, ended.exception, ended.diagnosis
+        held = self.held
         reason: str | None = None
         exception: str | None = None
         token: str | None = None
+        shared = False  # whether the call's read is the answered attempt's too
         if exc is not None:
             outcome = diagnosis.outcome
             source: str | None = None
@@ -244,40 +304,58 @@ class _Call:
             exception = type(exc).__name__
             given = getattr(exc, "reason", None)
             reason = given if isinstance(given, str) else None
-        elif type(result) is GuardedResult:
+        elif type(result) is GuardedResult:  # `_read` and `_token`, inline: the common case
             outcome = result.outcome
             source = result.source
-            last = self.last
-            if source == "verified" and last is not None and last[0] is result.result:
-                read = last[1]  # the verified attempt's own result
-            else:
-                read = _read(result, outcome)
+            value = result.value
+            said: Any = result.confidence
+            if type(value) not in _SCALARS:
+                value = _Made(jsonable(value))
+            if type(said) not in _SCALARS:
+                said = _Made(jsonable(said))
+            checked = outcome is _VERIFIED and result.verified is True
+            read = (checked and source == "verified", value, said)
+            # A verified GuardedResult's value and confidence are its attempt's answer's.
+            shared = source == "verified" and held is not None and held[1] is result.result
             error = result.error
             reason = result.reason
-            token = _token(result)
+            given = result.attestation
+            token = given if isinstance(given, str) and given else None
         else:
             outcome = diagnosis.outcome
             source = _SOURCES.get(outcome, "unverified")
             read = _read(result, outcome)
+            shared = held is not None and held[1] is result
             error = diagnosis.error
             token = _token(result)
-        call = partial(
-            self._call_record,
-            ended.wall,
-            len(ctx.attempts),
-            clock.monotonic() - ctx.started,
-            outcome,
-            read,
-            error,
-            source,
-            reason,
-            exception,
-            token,
-        )
-        held = self.held
-        self.ctx = self.last = self.held = None  # let the call go; the builders need none of it
-        self.layer._write(self, (call,) if held is None else (held, call))
-        if exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES):
+        verified, value, confidence = read
+        if held is None:
+            self.ended = (ended.wall, len(ctx.attempts), clock.monotonic() - ctx.started,
+                          outcome, verified, value, confidence, error, source, reason,
+                          exception, token, None, False, None, None, None)  # fmt: skip
+        else:
+            attempt, produced, _ = held
+            if shared:
+                a_verified, a_value, a_confidence = (
+                    attempt.outcome is _VERIFIED, value, confidence
+                )  # fmt: skip
+            else:
+                a_verified, a_value, a_confidence = _read(produced, attempt.outcome)
+            self.ended = (ended.wall, len(ctx.attempts), clock.monotonic() - ctx.started,
+                          outcome, verified, value, confidence, error, source, reason,
+                          exception, token, attempt, a_verified, a_value, a_confidence,
+                          _token(produced))  # fmt: skip
+        call = self._call_record
+        self.ctx = self.held = None  # let the call go; the builder needs none of it
+        layer = self.layer
+        if layer._defer:
+            try:
+                layer.sink.append((call,))  # type: ignore[arg-type]  # a BuildingSink
+            except Exception as failure:
+                layer._failed(self, failure)
+        else:
+            layer._write(self, (call,))
+        if self.failure is not None and (exc is None or not isinstance(exc, _NOT_AUDIT_FAILURES)):
             self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
@@ -290,56 +368,84 @@ class _Call:
             ) from failure
 
     # --- where the records are sealed: build ----------------------------------------------
-    def _common(self) -> dict[str, Any]:
-        """The fields every record of this call shares (built once)."""
-        common = self.common
-        if common is None:
+    def _shared(self) -> tuple[Any, dict[str, Any], str | None, str | None]:
+        """(query, context, qwed, qwed_guard): the values every record of this call shares
+        beside its id, computed once."""
+        shared = self.common
+        if shared is None:
             layer = self.layer
-            query = layer._query_value(self.query)
+            raw = self.query
+            if type(raw) is str and layer.redact_key is None:
+                query = scrub(raw)  # the common case, as `_query_value` has it
+            else:
+                query = layer._query_value(raw)
             # With redact="hmac", the raw query wherever an error, reason or event repeats it.
             if layer.redact_key is not None and query is not None:
-                raw = self.query
                 text = raw if isinstance(raw, str) else repr(raw)
                 if len(text) >= _MIN_HIDDEN:
                     self.hidden = (text, query)
-            qwed_version, guard_version = versions()
-            common = self.common = {
-                "v": SCHEMA,
-                "call_id": self.call_id,
-                "function": layer._function,
-                "query": query,
-                "context": layer._context_value(self.fields),
-                "policy": self.policy,
-                "qwed": qwed_version,
-                "qwed_guard": guard_version,
-            }
-            if self.traceparent is not None:
-                common["traceparent"] = self.traceparent
-        return common
+            fields = self.fields
+            context = layer._context_value(fields) if fields or layer.context else {}
+            shared = self.common = (query, context, *versions())
+        return shared
+
+    def _attempt_fields(
+        self, attempt: Attempt, verified: bool, value: Any, confidence: Any, token: str | None
+    ) -> dict[str, Any]:
+        """An attempt's own fields, `value` and `confidence` as record data: a call record's
+        `answered`."""
+        error = attempt.error
+        fields = {
+            "attempt": attempt.number,
+            "outcome": attempt.outcome._value_,
+            "verified": verified,
+            "value": value,
+            "confidence": confidence,
+            "error": self.text(error) if error else None,
+            "status": attempt.status,
+            "duration_us": round(attempt.duration * 1_000_000),
+            "wait_us": round(attempt.wait_before * 1_000_000),
+        }
+        if attempt.reused:  # only on attempts that took replies from an earlier one
+            fields["reused"] = attempt.reused
+        if token is not None:
+            checked = verified and self.attested
+            fields["attestation"] = attestation_summary(token, checked=checked)
+        return fields
 
     def _attempt_record(
         self, attempt: Attempt, wall: float, read: Read, token: str | None
     ) -> dict[str, Any]:
-        record = Record(self._common())
+        query, context, qwed_version, guard_version = self.common or self._shared()
         verified, value, confidence = read
         error = attempt.error
         number = attempt.number
-        record.update(
+        record = Record(
             {
-                "id": f"{record['call_id']}/a{number}",
+                "v": SCHEMA,
+                "id": f"{self.call_id}/a{number}",
                 "ts": rfc3339(wall),
                 "event": "attempt",
+                "call_id": self.call_id,
+                "function": self.layer._function,
+                "query": query,
+                "context": context,
+                "policy": self.policy,
+                "qwed": qwed_version,
+                "qwed_guard": guard_version,
                 "attempt": number,
                 "outcome": attempt.outcome._value_,
                 "verified": verified,
-                "value": value,
-                "confidence": confidence,
+                "value": _data(value),
+                "confidence": _data(confidence),
                 "error": self.text(error) if error else None,
                 "status": attempt.status,
                 "duration_us": round(attempt.duration * 1_000_000),
                 "wait_us": round(attempt.wait_before * 1_000_000),
             }
         )
+        if self.traceparent is not None:
+            record["traceparent"] = self.traceparent
         if attempt.reused:  # only on attempts that took replies from an earlier one
             record["reused"] = attempt.reused
         if token is not None:
@@ -347,52 +453,69 @@ class _Call:
             record["attestation"] = attestation_summary(token, checked=checked)
         return record
 
-    def _call_record(
-        self,
-        wall: float,
-        attempts: int,
-        duration: float,
-        outcome: Outcome,
-        read: Read,
-        error: str | None,
-        source: str | None,
-        reason: str | None,
-        exception: str | None,
-        token: str | None,
-    ) -> dict[str, Any]:
-        record = Record(self._common())
+    def _call_record(self) -> dict[str, Any]:
+        """The call record, from what `finish` captured (`ended`)."""
+        ended = self.ended
+        assert ended is not None, "built once the call ended"
+        (wall, attempts, duration, outcome, verified, value, confidence, error, source, reason,
+         exception, token, attempt, a_verified, a_value, a_confidence, a_token) = ended  # fmt: skip
+        query, context, qwed_version, guard_version = self.common or self._shared()
         events: list[dict[str, Any]] = []
-        for event in self.events:
-            if type(event) is GaveUp:
-                if reason is None:
-                    reason = event.reason
-                continue
-            item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
-            item["ts"] = rfc3339(event.wall)
-            for name, datum in zip(event._fields[2:], event[2:], strict=True):
-                if name == "reason" and type(event) is FallbackUsed:
-                    continue  # the call's own `reason`
-                item[name] = jsonable(datum)
-            events.append(self.hide(item) if self.hidden else item)
-        verified, value, confidence = read
-        record.update(
+        if self.events is not None:
+            for event in self.events:
+                if type(event) is GaveUp:
+                    if reason is None:
+                        reason = event.reason
+                    continue
+                item: dict[str, Any] = {"event": event.kind, "attempt": event.attempt}
+                item["ts"] = rfc3339(event.wall)
+                for name, datum in zip(event._fields[2:], event[2:], strict=True):
+                    if name == "reason" and type(event) is FallbackUsed:
+                        continue  # the call's own `reason`
+                    item[name] = jsonable(datum)
+                events.append(self.hide(item) if self.hidden else item)
+        # `_data`, with its most common case (a float: `float_text`) first.
+        data = repr(value) if type(value) is float else _data(value)
+        said = repr(confidence) if type(confidence) is float else _data(confidence)
+        inline: dict[str, Any] | None = None
+        if attempt is not None:  # the answered attempt, inline
+            shared = a_value is value and a_confidence is confidence
+            inline = self._attempt_fields(
+                attempt,
+                a_verified,
+                data if shared else _data(a_value),
+                said if shared else _data(a_confidence),
+                a_token,
+            )
+        record = Record(
             {
-                "id": f"{record['call_id']}/call",
+                "v": SCHEMA,
+                "id": f"{self.call_id}/call",
                 "ts": rfc3339(wall),
                 "event": "call",
+                "call_id": self.call_id,
+                "function": self.layer._function,
+                "query": query,
+                "context": context,
+                "policy": self.policy,
+                "qwed": qwed_version,
+                "qwed_guard": guard_version,
                 "attempt": attempts,
                 "outcome": outcome._value_,
                 "verified": verified,
-                "value": value,
-                "confidence": confidence,
+                "value": data,
+                "confidence": said,
                 "error": self.text(error) if error else None,
                 "duration_us": round(duration * 1_000_000),
                 "source": source,
                 "reason": self.text(reason) if reason else None,
                 "exception": exception,
                 "events": events,
+                "answered": inline,
             }
         )
+        if self.traceparent is not None:
+            record["traceparent"] = self.traceparent
         if token is not None:
             checked = verified and self.attested
             record["attestation"] = attestation_summary(token, checked=checked)

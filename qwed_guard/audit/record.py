@@ -1,6 +1,6 @@
-"""Audit records, schema v1: their canonical JSON, their hash chain and their field values.
+"""Audit records, schema v2: their canonical JSON, their hash chain and their field values.
 
-A record is a flat JSON object (see `FIELDS`). Its `hash` is
+A record is a JSON object (see `FIELDS`). Its `hash` is
 `sha256(prev_hash + canonical_json(record without "hash"))` in lowercase hex, where the canonical
 form is RFC 8785 (JCS), so any language can re-verify a trail. Records hold no floats: durations
 and waits are integer microseconds (`duration_us`, `wait_us`) and float values (`value`,
@@ -16,7 +16,8 @@ import dataclasses
 import enum
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from qwed_guard._version import __version__
@@ -28,15 +29,22 @@ __all__ = [
     "FIELDS",
     "GENESIS",
     "SCHEMA",
+    "SCHEMAS",
     "Record",
+    "attempts_in",
     "canonical",
+    "inline_attempt",
     "jsonable",
     "rfc3339",
     "seal",
     "versions",
 ]
 
-SCHEMA = 1
+SCHEMA = 2
+"""The schema of the records written now. v2: the call record carries its answered attempt inline
+(`answered`) instead of a separate attempt record before it; v1 trails read and verify alike."""
+SCHEMAS = frozenset({1, 2})
+"""The schemas a reader accepts; one trail may hold both (a v1 file continued by a v2 writer)."""
 GENESIS = "0" * 64
 """The `prev_hash` of the first record of a trail."""
 
@@ -44,12 +52,13 @@ MAX_SAFE_INT = 2**53 - 1
 """Larger integers are not exact in every JSON reader (RFC 8785 refuses them): stored as text."""
 
 FIELDS: dict[str, str] = {
-    "v": "schema version (1)",
+    "v": "schema version (2; 1 in older trails, which had no `answered`)",
     "seq": "position in the chain, from 1, continuous across processes and rotated files",
     "id": "record id: '<call_id>/a<n>' for attempts, '<call_id>/call' for calls",
     "ts": "UTC time the record was made, RFC 3339 with microseconds and 'Z'",
     "call_id": "the guarded call this record belongs to",
-    "event": "'attempt', 'call', 'checkpoint', 'repair', 'genesis' or 'prune'",
+    "event": "'attempt' (a failed attempt: transient, refuted, ... or raised), 'call', "
+    "'checkpoint', 'repair', 'genesis' or 'prune'",
     "attempt": "attempt number (attempt records) or number of attempts made (call records)",
     "function": "the guarded function's qualified name",
     "query": "the query argument (scrubbed; 'hmac-sha256:<key id>:<hex>' with redact='hmac')",
@@ -68,6 +77,11 @@ FIELDS: dict[str, str] = {
     "reason": "call records: why the fallback was used or why retry gave up",
     "exception": "call records: the exception type the call raised, if any",
     "events": "call records: other things layers reported (breaker changes, alerts, ...)",
+    "answered": "call records (v2): the last attempt when it answered (verified or unchecked, "
+    "not raised), inline instead of an attempt record of its own: an object with that "
+    "attempt's `attempt`, `outcome`, `verified`, `value`, `confidence`, `error`, `status`, "
+    "`duration_us`, `wait_us` (and `reused`, `attestation` when it had them); null when no "
+    "attempt answered",
     "context": "audit_context(...) fields merged with the decorator's context=",
     "policy": "hash of the policy the guard was built from, if any",
     "traceparent": "the call's W3C trace context ('00-<trace id>-<span id>-<flags>'), only "
@@ -79,6 +93,48 @@ FIELDS: dict[str, str] = {
     "sig": "keyed trails: HMAC-SHA256 of the RFC 8785 JSON of the record without 'hash' and "
     "'sig' (the hash covers it)",
 }
+
+
+_CALL_ONLY = frozenset(
+    (
+        "events",
+        "source",
+        "reason",
+        "exception",
+        "answered",
+        "attestation",
+        "prev_hash",
+        "sig",
+        "hash",
+    )
+)
+
+
+def inline_attempt(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A v2 call record's answered attempt (`answered`) as the attempt record v1 wrote before
+    it, or None: the call's shared fields, its seq, the attempt's own fields and its id. A view
+    for readers (show, stats, checks), not a record of the chain."""
+    inline = record.get("answered")
+    if record.get("event") != "call" or not isinstance(inline, dict):
+        return None
+    view = {k: v for k, v in record.items() if k not in _CALL_ONLY}
+    view.update(inline)
+    view["event"] = "attempt"
+    view["id"] = f"{record.get('call_id')}/a{inline.get('attempt')}"
+    return view
+
+
+def attempts_in(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    """Every attempt `records` hold, in trail order: attempt records (v1 and v2) and each v2
+    call record's answered attempt (`inline_attempt`) in the call's place."""
+    for record in records:
+        event = record.get("event")
+        if event == "attempt":
+            yield record
+        elif event == "call":
+            inline = inline_attempt(record)
+            if inline is not None:
+                yield inline
 
 
 class Record(dict[str, Any]):
@@ -173,29 +229,38 @@ def _load_orjson() -> Callable[[Any], bytes]:
         | orjson.OPT_PASSTHROUGH_DATETIME
     )
 
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=option)
-
-    def strict_dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=strict)
-
-    def record_dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=record_option)
-
-    _sorted_dumps, _strict_dumps, _record_dumps = dumps, strict_dumps, record_dumps
+    # Partials: called from C, without a Python frame of their own.
+    dumps = partial(orjson.dumps, option=option)
+    _sorted_dumps = dumps
+    _strict_dumps = partial(orjson.dumps, option=strict)
+    _record_dumps = partial(orjson.dumps, option=record_option)
     return dumps
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The RFC 8785 (JCS) bytes of `record`: orjson when that is provably the same, else rfc8785."""
     kind = type(record)
-    if kind is Record or (kind is dict and _plain_types(record.values())):
+    if kind is Record:  # the audit layer's own records: the fast path at once
+        dumps = _record_dumps
+        if dumps is None:
+            _load_orjson()
+            dumps = _record_dumps
+            assert dumps is not None
+        try:
+            body = dumps(record)
+        except TypeError:
+            pass
+        else:
+            # Its own keys are ASCII; the dicts inside it may hold a user's keys.
+            if body.isascii() or _ascii_keys_within(record.values()):
+                return body
+    elif kind is dict and _plain_types(record.values()):
         # The fast path, same bytes as below: the type walk plus orjson's strict mode refuse
         # everything `_simple` refuses except non-ASCII keys, which only non-ASCII output holds.
-        strict = _record_dumps if kind is Record else _strict_dumps
+        strict = _strict_dumps
         if strict is None:
             _load_orjson()
-            strict = _record_dumps if kind is Record else _strict_dumps
+            strict = _strict_dumps
             assert strict is not None
         try:
             body = strict(record)
@@ -204,10 +269,7 @@ def canonical(record: Mapping[str, Any]) -> bytes:
         else:
             # Non-ASCII text sorts and escapes alike in both; only a non-ASCII key could be
             # ordered differently (RFC 8785 compares UTF-16 code units).
-            # A Record's own keys are ASCII; the dicts inside it may hold a user's keys.
-            if body.isascii() or (
-                (kind is Record or _ascii_keys(record)) and _ascii_keys_within(record.values())
-            ):
+            if body.isascii() or (_ascii_keys(record) and _ascii_keys_within(record.values())):
                 return body
     if _simple(record):
         dumps = _sorted_dumps or _load_orjson()
@@ -254,9 +316,11 @@ def seal(
     record["prev_hash"] = prev_hash
     body = canonical(record)
     if key is None:
-        digest = chain_hash(prev_hash, body)
+        hasher = hashlib.sha256(prev_hash.encode("ascii"))  # chain_hash without a sig
+        hasher.update(body)
+        digest = hasher.hexdigest()
         record["hash"] = digest
-        return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+        return b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n')), digest
     sig = record_sig(key, body)
     digest = chain_hash(prev_hash, body, sig)
     record["sig"], record["hash"] = sig, digest

@@ -26,7 +26,7 @@ from typing import Any
 
 from qwed_guard import clock
 from qwed_guard.audit.chain import event_record, prune_record
-from qwed_guard.audit.record import GENESIS, SCHEMA, versions
+from qwed_guard.audit.record import GENESIS, SCHEMAS, versions
 from qwed_guard.audit.sinks.base import Row, check_options
 from qwed_guard.audit.sinks.files import (
     FileSink,
@@ -58,7 +58,7 @@ def _looks_like_trail(first: bytes) -> bool:
         return False
     return (
         isinstance(record, dict)
-        and record.get("v") == SCHEMA
+        and record.get("v") in SCHEMAS
         and isinstance(record.get("seq"), int)
         and isinstance(record.get("hash"), str)
         and isinstance(record.get("prev_hash"), str)
