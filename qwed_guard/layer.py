@@ -203,7 +203,8 @@ def end_attempt(
     if ctx.listeners or ctx.events is not None:
         ended = exc if exc is not None else result
         ctx.send(_new_tuple(AttemptEnded, (ctx.attempt, clock.wall(), attempt, ended, diagnosis)))
-    return CallOutcome(diagnosis, result, exc)
+    outcome: CallOutcome = _new_tuple(CallOutcome, (diagnosis, result, exc))
+    return outcome
 
 
 def _attempt(

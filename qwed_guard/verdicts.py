@@ -89,6 +89,7 @@ _UNREACHABLE = ("server unreachable", "could not be reached", "verification unav
 
 
 _NO_EVIDENCE: Mapping[str, Any] = MappingProxyType({})
+_new_tuple: Callable[..., Any] = tuple.__new__
 
 
 class Answer(NamedTuple):
@@ -240,11 +241,19 @@ def _judge_local(result: Any, rules: VerdictRules, wire: WireFailure | None) -> 
 
 def _local_answer(result: Any) -> Answer:
     evidence = getattr(result, "evidence", None)
-    return Answer(
-        getattr(result, "value", None),
-        _finite(getattr(result, "confidence", None)),
-        evidence if type(evidence) is dict or isinstance(evidence, Mapping) else _NO_EVIDENCE,
+    # tuple.__new__ skips the NamedTuple's Python-level constructor: read on every call.
+    answer: Answer = _new_tuple(
+        Answer,
+        (
+            getattr(result, "value", None),
+            _finite(getattr(result, "confidence", None)),
+            evidence if type(evidence) is dict or isinstance(evidence, Mapping) else _NO_EVIDENCE,
+            None,
+            None,
+            None,
+        ),
     )
+    return answer
 
 
 # --------------------------------------------------------------------------------- hosted
