@@ -19,6 +19,7 @@ from qwed_guard.audit.record import GENESIS, jsonable, record_hash, rfc3339
 from qwed_guard.audit.record import scrub as fast_scrub
 from qwed_guard.context import current
 from qwed_guard.errors import ParameterError
+from qwed_guard.layer import CallOutcome, Layer, guard, outcome_of
 from qwed_guard.outcomes import register_secret, scrub
 from qwed_guard.redact import _HEADER_WORDS, _SECRET_PATTERNS
 from tests.trails import attempts_of
@@ -446,3 +447,39 @@ def test_a_record_with_non_ascii_text_or_keys_keeps_the_rfc8785_form(
     except (UnicodeEncodeError, rfc8785.CanonicalizationError):
         return
     assert canonical(record) == expected
+
+
+class Spoils(Layer):
+    """Turns the first answer that reaches it into a timeout: the call is tried again."""
+
+    kind = "spoils"
+
+    def __init__(self) -> None:
+        self.spoiled = 0
+
+    def exit(self, ctx: Any, state: Any, outcome: CallOutcome) -> CallOutcome:
+        if self.spoiled == 0:
+            self.spoiled += 1
+            return outcome_of(TimeoutError("the answer came too late"))
+        return outcome
+
+
+def test_an_answered_attempt_followed_by_another_keeps_its_own_record(fake_clock: Any) -> None:
+    sink = MemorySink()
+
+    def ask(query: str) -> Result:
+        return OK
+
+    spoiled = audited(sink=sink)(retry(max_tries=3, jitter=None)(guard(ask, Spoils())))
+    spoiled("What is 5% of $1050?")
+    sink.flush()
+    records = [dict(r) for r in sink.records]
+    attempts = attempts_of(records)
+    # Attempt 1 answered, then was spoiled and retried: it is its own record, attempt 2 inline.
+    assert [(a["attempt"], a["outcome"], a.get("inline", False)) for a in attempts] == [
+        (1, "verified", False),
+        (2, "verified", True),
+    ]
+    assert [r["event"] for r in records] == ["attempt", "call"]
+    assert records[1]["attempt"] == 2 and records[1]["outcome"] == "verified"
+    assert fake_clock.waits == [1.0]  # the spoiled answer was retried after retry's first wait
