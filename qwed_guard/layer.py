@@ -286,8 +286,6 @@ def _step(layer: Layer, policy_hash: str | None, inner: Run) -> Run:
     leave = _overridden(layer, "exit")
     interrupted = _overridden(layer, "interrupted")
     kind = layer.kind
-    if enter is None and leave is not None and interrupted is None and policy_hash is None:
-        return _exit_step(kind, leave, inner)
 
     def run(
         ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -321,29 +319,6 @@ def _step(layer: Layer, policy_hash: str | None, inner: Run) -> Run:
             if interrupted is not None:
                 interrupted(ctx, state, exc)
             raise
-
-    return run
-
-
-def _exit_step(kind: str, leave: Callable[..., Step], inner: Run) -> Run:
-    """`_step` for a layer that only looks at how the layers inside ended (fallback, alerts):
-    the same loop without what such a layer never needs."""
-
-    def run(
-        ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> CallOutcome:
-        while True:
-            outcome = inner(ctx, fn, args, kwargs)
-            try:
-                step = leave(ctx, None, outcome)
-            except Exception as exc:
-                return outcome_of(exc)
-            if type(step) is CallOutcome:
-                return step
-            if type(step) is float:
-                clock.active().sleep(step)
-                continue
-            raise TypeError(f"{kind}.exit returned {step!r} in a synchronous call")
 
     return run
 
