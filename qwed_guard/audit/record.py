@@ -240,14 +240,12 @@ def _load_orjson() -> Callable[[Any], bytes]:
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The RFC 8785 (JCS) bytes of `record`: orjson when that is provably the same, else rfc8785."""
     kind = type(record)
+    if _record_dumps is None:
+        _load_orjson()
     if kind is Record:  # the audit layer's own records: the fast path at once
-        dumps = _record_dumps
-        if dumps is None:
-            _load_orjson()
-            dumps = _record_dumps
-            assert dumps is not None
+        assert _record_dumps is not None
         try:
-            body = dumps(record)
+            body = _record_dumps(record)
         except TypeError:
             pass
         else:
@@ -257,13 +255,9 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     elif kind is dict and _plain_types(record.values()):
         # The fast path, same bytes as below: the type walk plus orjson's strict mode refuse
         # everything `_simple` refuses except non-ASCII keys, which only non-ASCII output holds.
-        strict = _strict_dumps
-        if strict is None:
-            _load_orjson()
-            strict = _strict_dumps
-            assert strict is not None
+        assert _strict_dumps is not None
         try:
-            body = strict(record)
+            body = _strict_dumps(record)
         except TypeError:
             pass
         else:
