@@ -227,3 +227,16 @@ def test_trails_are_read_back_from_a_path_object_as_from_a_string(tmp_path: Path
     assert list(read_records(str(trail))) == list(read_records(trail))
     assert [a["attempt"] for a in attempts_of(read_records(trail))] == [1]
     assert verify_trail(trail).ok and verify_trail(str(trail)).ok
+
+
+def test_a_sink_or_trail_class_missing_its_storage_is_refused_when_made() -> None:
+    class NoCommit(ChainedSink):
+        pass
+
+    class NoRows(Trail):
+        pass
+
+    with pytest.raises(TypeError, match="_commit"):
+        NoCommit()  # type: ignore[abstract]
+    with pytest.raises(TypeError, match="rows"):
+        NoRows()  # type: ignore[abstract]

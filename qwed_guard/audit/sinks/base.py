@@ -3,6 +3,7 @@ one routine that seals records into a chain and signs checkpoints (`ChainedSink.
 
 from __future__ import annotations
 
+import abc
 import os
 import threading
 import time
@@ -83,7 +84,7 @@ Row = tuple[str, bytes, bool, dict[str, Any] | None]
 """(where, line, complete, the stored columns beside the record or None), as a trail reads."""
 
 
-class Trail:
+class Trail(abc.ABC):
     """A stored trail read back by `audit verify`, `show` and `stats`: what a sink class's
     `reader(url)` returns."""
 
@@ -93,10 +94,10 @@ class Trail:
     errors: tuple[type[Exception], ...] = (OSError, ValueError)
     """What reading it may raise that deserves a message, not a traceback."""
 
+    @abc.abstractmethod
     def rows(self) -> Iterator[Row]:
         """Every stored record line, oldest first; `complete` is False only for a final line
         without its newline (a torn write)."""
-        raise NotImplementedError
 
     def checkpoints(self) -> Iterable[bytes]:
         """The checkpoint entries kept outside the trail, as JSON lines."""
@@ -151,7 +152,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class ChainedSink:
+class ChainedSink(abc.ABC):
     """A sink that seals records into one hash chain under a storage-level lock.
 
     Subclasses implement `_commit(records, durable)`: lock the storage, read its head, seal and
@@ -263,13 +264,13 @@ class ChainedSink:
         self._closed = False
 
     # --- what subclasses provide -------------------------------------------------------
+    @abc.abstractmethod
     def _commit(
         self, records: list[dict[str, Any]], durable: bool, *, checkpoint: bool = False
     ) -> None:
         """Lock the storage, read its head, store `self._seal(...)`'s rows, unlock."""
-        raise NotImplementedError
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 - optional: a sink holding no handles has none
         """Close the storage's handles (called once, by close)."""
 
     def _finish(self) -> None:
