@@ -39,6 +39,9 @@ __all__ = ["Failure", "FallbackLayer", "FallbackOptions", "GuardedResult", "fall
 P = ParamSpec("P")
 
 _UNSET: Any = object()
+_new_tuple: Callable[..., Any] = tuple.__new__
+# Enum members looked up once: `Outcome.X` is an attribute lookup, and the success path uses them.
+_VERIFIED, _UNCHECKED = Outcome.VERIFIED, Outcome.UNCHECKED
 # Errors that mean "do not answer at all", never "answer with the fallback".
 _NEVER_FALL_BACK = (AuditError, PolicyError, FallbackError)
 
@@ -132,7 +135,7 @@ class FallbackLayer(Layer):
         """The result of a call that worked: verified by QWED, or a plain value passed on."""
         if isinstance(result, GuardedResult):
             return result
-        if outcome is Outcome.UNCHECKED:
+        if outcome is _UNCHECKED:
             return GuardedResult(
                 verified=False,
                 value=result,
@@ -153,7 +156,7 @@ class FallbackLayer(Layer):
             "verified",
             None,
             len(ctx.attempts) or 1,
-            Outcome.VERIFIED,
+            _VERIFIED,
             answer.status,
             answer.admission,
             answer.attestation,
@@ -193,7 +196,9 @@ class FallbackLayer(Layer):
         if exc is None:
             if diagnosis.outcome in ANSWERED:
                 answered = self._answered(ctx, outcome.result, diagnosis.outcome)
-                return CallOutcome(diagnosis, answered, None)
+                # tuple.__new__ skips the NamedTuple's Python-level constructor: every call.
+                called: CallOutcome = _new_tuple(CallOutcome, (diagnosis, answered, None))
+                return called
         elif isinstance(exc, _NEVER_FALL_BACK):
             return outcome
         failure = Failure(

@@ -211,7 +211,7 @@ def _attempt(
     ctx: CallContext, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> CallOutcome:
     ctx.wire = None
-    if (ctx.listeners or ctx.events is not None) and ctx.wants(AttemptStarted):
+    if ctx.events is not None or (ctx.listeners and AttemptStarted not in ctx.muted):  # wants()
         ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
     started = clock.monotonic()
     ctx.in_user_code = True
@@ -239,7 +239,7 @@ async def _attempt_async(
     kwargs: dict[str, Any],
 ) -> CallOutcome:
     ctx.wire = None
-    if (ctx.listeners or ctx.events is not None) and ctx.wants(AttemptStarted):
+    if ctx.events is not None or (ctx.listeners and AttemptStarted not in ctx.muted):  # wants()
         ctx.send(AttemptStarted(ctx.attempt, clock.wall(), ctx.wait_before))
     started = clock.monotonic()
     ctx.in_user_code = True
@@ -427,6 +427,9 @@ def _deliver(outcome: CallOutcome) -> Any:
     return outcome.result
 
 
+_IGNORES_NOTHING: frozenset[type] = frozenset()
+
+
 def _watch(ctx: CallContext, hooks: tuple[Hook, ...]) -> None:
     """Start the call's watchers; nothing any of them ignores will be built."""
     muted: frozenset[type] | None = None
@@ -439,7 +442,7 @@ def _watch(ctx: CallContext, hooks: tuple[Hook, ...]) -> None:
         if watcher is None:
             continue
         ctx.listeners.append(watcher)
-        ignores: frozenset[type] = getattr(watcher, "ignores", frozenset())
+        ignores: frozenset[type] = getattr(watcher, "ignores", _IGNORES_NOTHING)
         muted = ignores if muted is None else muted & ignores
     if muted:
         ctx.muted = muted
@@ -516,6 +519,8 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
     run_async = _compile_async(steps)
     own_hooks = tuple(hook for layer, _ in chain for hook in layer.hooks)
     outer_hash = chain[0][1]
+    # (process hooks, them followed by the function's own): rebuilt only when they change.
+    joined: list[tuple[tuple[Hook, ...], tuple[Hook, ...]]] = [((), own_hooks)]
 
     def open_(wrapped_args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallContext:
         # The context sees the arguments as the caller wrote them, `self` included.
@@ -527,7 +532,11 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             ctx.policy_hash = outer_hash
         # Process-wide hooks first: they see the call before the function's own (the audit
         # trail can then record what a tracing hook started).
-        hooks = process_hooks() + own_hooks if own_hooks else process_hooks()
+        process = process_hooks()
+        seen, hooks = joined[0]
+        if process is not seen:
+            hooks = process + own_hooks
+            joined[0] = (process, hooks)
         if hooks:
             _watch(ctx, hooks)
         return ctx

@@ -63,6 +63,8 @@ PlainRule = Literal["pass", "fail"]
 
 _VERIFIED = Diagnosis(Outcome.VERIFIED)
 _UNCHECKED = Diagnosis(Outcome.UNCHECKED)
+# Enum members looked up once: `Outcome.X` is an attribute lookup on every judged result.
+_OUTCOME_VERIFIED, _OUTCOME_UNCHECKED = Outcome.VERIFIED, Outcome.UNCHECKED
 
 # QWEDLocal methods and hosted routes that never ask an LLM: the same input, the same verdict.
 DETERMINISTIC_METHODS: frozenset[str] = frozenset(
@@ -847,10 +849,11 @@ def judge_result(
         except Exception as exc:  # a shape that breaks its own reader fails closed
             why = f"cannot judge a {type(result).__name__} result: {type(exc).__name__}"
             verdict = Diagnosis(Outcome.UNVERIFIABLE, why, final=True)
-    if verdict.outcome is Outcome.UNCHECKED and rules.plain == "fail":
+    outcome = verdict.outcome
+    if outcome is _OUTCOME_UNCHECKED and rules.plain == "fail":
         why = f"a {type(result).__name__} result carries no verdict (plain='fail')"
         return Diagnosis(Outcome.UNVERIFIABLE, why, final=True)
-    if verdict.outcome is Outcome.VERIFIED and rules.require_attestation:
+    if outcome is _OUTCOME_VERIFIED and rules.require_attestation:
         if jwks is None:
             try:
                 jwks = rules.keys()

@@ -565,3 +565,50 @@ def test_reset_of_an_open_breaker_resolves_its_alert(fake_clock: FakeClock) -> N
 def test_notify_is_checked_at_decoration() -> None:
     with pytest.raises(ParameterError, match=r"notify: .*unknown channel 'pager'"):
         circuit_breaker(notify=["pager"])
+
+
+def test_successes_counted_beside_the_state_add_up_and_reset_clears_them(
+    fake_clock: FakeClock,
+) -> None:
+    # A healthy breaker's successes go to a counter beside its state (nothing is rewritten);
+    # they must still show in every count, and reset() must clear them too.
+    store = MemoryStore()
+    fn = circuit_breaker(failure_threshold=3, state=store, key="counted")(
+        Provider("ok", "ok", "fail", "ok", "fail", "fail", "ok")
+    )
+    outcomes = [call(fn) for _ in range(9)]
+    assert outcomes == ["ok", "ok", "failed", "ok", "failed", "failed", "ok", "ok", "ok"]
+    assert (fn.breaker.failures, fn.breaker.successes) == (3, 6)
+    assert fn.breaker.consecutive_failures == 0  # the success after two failures ended the streak
+    assert fn.breaker.snapshot()["successes"] == 6
+    fn.breaker.reset()
+    assert (fn.breaker.failures, fn.breaker.successes) == (0, 0)
+    assert call(fn) == "ok"
+    assert fn.breaker.successes == 1
+
+
+def test_counts_from_many_threads_lose_nothing(fake_clock: FakeClock) -> None:
+    import threading
+
+    # Every third call fails, never three in a row per thread: the breaker stays closed
+    # unless interleaving strings failures together, which a high threshold rules out.
+    threads, calls = 8, 300
+    providers = [Provider(*(["ok", "ok", "fail"] * (calls // 3))) for _ in range(threads)]
+    guarded = [
+        circuit_breaker(failure_threshold=10_000, key="threads")(provider) for provider in providers
+    ]
+    start = threading.Barrier(threads)
+
+    def work(fn: Callable[..., Any]) -> None:
+        start.wait()
+        for _ in range(calls):
+            call(fn)
+
+    workers = [threading.Thread(target=work, args=(fn,)) for fn in guarded]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    breaker = guarded[0].breaker
+    assert breaker.state is CLOSED
+    assert (breaker.failures, breaker.successes) == (threads * calls // 3, threads * calls * 2 // 3)

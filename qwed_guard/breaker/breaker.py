@@ -57,13 +57,19 @@ class Breaker:
         self._async: AsyncStateStore | None = (
             store if type(store) is not MemoryStore and isinstance(store, AsyncStateStore) else None
         )
+        # Where successes counted beside the state go (see `_counts_only`): the shared store,
+        # or the in-process one itself.
+        self._counters: MemoryStore | SharedStore | None = (
+            store if type(store) is MemoryStore else self._shared
+        )
         self._workers = tuple(workers)
         self._alerts = AlertHistory() if self._workers else None
 
     def _view(self) -> State:
         s = machine.load(self.store.get(self._store_key))
-        if self._shared is not None:
-            successes, refused = self._shared.counts([self._successes_key, self._refused_key])
+        counters = self._counters
+        if counters is not None:
+            successes, refused = counters.counts([self._successes_key, self._refused_key])
             s["successes"] += successes
             s["short_circuited"] += refused
         return s
@@ -127,10 +133,10 @@ class Breaker:
     def reset(self) -> None:
         """Back to closed with every count cleared (after a fix you know has landed)."""
         transition = self.store.update(self._store_key, machine.reset)
-        if self._shared is not None:
+        if self._counters is not None:
             counters = [self._successes_key, self._refused_key]
-            for counter, value in zip(counters, self._shared.counts(counters), strict=True):
-                self._shared.add(counter, -value)
+            for counter, value in zip(counters, self._counters.counts(counters), strict=True):
+                self._counters.add(counter, -value)
         if transition is not None:
             self.announce(None, transition, None)
 
@@ -230,13 +236,21 @@ class Breaker:
 
     def _counts_only(self, ticket: Ticket) -> bool:
         """True when a success of `ticket` only adds to the count (the streak is 0 in the view
-        it was admitted on): the shared store adds it with its next round trip."""
-        shared = self._shared
-        if shared is None:
-            return False
-        hit, state = shared.cached(self._store_key, _FOREVER)
-        if not hit:
-            return False
+        it was admitted on): a counter beside the state takes it, the state is not rewritten
+        (a shared store adds it with its next round trip). A success seen so is ordered
+        before any failure reported meanwhile: counts add up either way."""
+        store = self.store
+        if type(store) is MemoryStore:
+            state = store.peek(self._store_key)
+            counters: MemoryStore | SharedStore = store
+        else:
+            shared = self._shared
+            if shared is None:
+                return False
+            hit, state = shared.cached(self._store_key, _FOREVER)
+            if not hit:
+                return False
+            counters = shared
         if state is None:
             if ticket.gen != 0:
                 return False
@@ -246,7 +260,7 @@ class Breaker:
             or state.get("consecutive", 0) != 0
         ):
             return False
-        shared.add(self._successes_key, 1)
+        counters.add(self._successes_key, 1)
         return True
 
     def announce(

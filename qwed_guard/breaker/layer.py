@@ -278,12 +278,14 @@ class CircuitBreakerLayer(Layer):
         breaker.report(state, None, None)
 
     def _judge(self, diagnosis: Diagnosis) -> tuple[bool | None, str | None]:
-        if diagnosis.outcome is Outcome.SHORT_CIRCUITED:
+        outcome = diagnosis.outcome
+        if outcome is _SHORT_CIRCUITED:
             return None, None  # a refusal by a breaker: not the provider's doing
         # A deterministic refusal is an answer: the provider worked.
-        return diagnosis.outcome in self.failure_on and not diagnosis.final, diagnosis.error
+        return outcome in self.failure_on and not diagnosis.final, diagnosis.error
 
 
+_SHORT_CIRCUITED = Outcome.SHORT_CIRCUITED  # looked up once: every attempt is judged
 _RELEASING: set[asyncio.Task[Any]] = set()
 """Probe slots being freed after a cancellation (a reference, so the task is not collected)."""
 
