@@ -117,6 +117,14 @@ def production_stack(
     return audited(sink=sink, fsync=fsync)(wrapped)
 
 
+def _no_op_hook(ctx: Any) -> Callable[[Any], None]:
+    return _ignore
+
+
+def _ignore(event: Any) -> None:
+    pass
+
+
 def unaudited_stack(fn: Callable[..., Any]) -> Any:
     """The canonical stack without the audit trail: fallback(alert_on_failures(retry(fn)))."""
     from qwed_guard import alert_on_failures, fallback, retry
@@ -169,7 +177,7 @@ def overhead(quick: bool, workdir: Path) -> Section:
     import stamina
     import tenacity
 
-    from qwed_guard import fallback, retry
+    from qwed_guard import fallback, observed, retry
 
     n = 2_000 if quick else 10_000
     repeats = 5 if quick else 9
@@ -200,6 +208,8 @@ def overhead(quick: bool, workdir: Path) -> Section:
     add("qwed_guard @fallback", fallback(value=0.0)(verify))
     add("qwed_guard @fallback @retry", fallback(value=0.0)(retry(max_tries=3)(verify)))
     add("full stack, no audit", unaudited_stack(verify))
+    # What the hook path itself costs a call: a watcher that does nothing with the events.
+    add("full stack, no audit, one no-op hook", observed(_no_op_hook)(unaudited_stack(verify)))
     fn, after = stack_entry("memory:")
     add("full stack, memory audit", fn, after=after)
     fn, after = stack_entry("memory:", breaker=True)
