@@ -395,15 +395,16 @@ class _Call:
         """An attempt's own fields, `value` and `confidence` as record data: a call record's
         `answered`."""
         error = attempt.error
+        # Keys in sorted order, as the canonical form has them: `seal` then sorts them faster.
         fields = {
             "attempt": attempt.number,
-            "outcome": attempt.outcome._value_,
-            "verified": verified,
-            "value": value,
             "confidence": confidence,
-            "error": self.text(error) if error else None,
-            "status": attempt.status,
             "duration_us": round(attempt.duration * 1_000_000),
+            "error": self.text(error) if error else None,
+            "outcome": attempt.outcome._value_,
+            "status": attempt.status,
+            "value": value,
+            "verified": verified,
             "wait_us": round(attempt.wait_before * 1_000_000),
         }
         if attempt.reused:  # only on attempts that took replies from an earlier one
@@ -420,29 +421,28 @@ class _Call:
         verified, value, confidence = read
         error = attempt.error
         number = attempt.number
-        record = Record(
-            {
-                "v": SCHEMA,
-                "id": f"{self.call_id}/a{number}",
-                "ts": rfc3339(wall),
-                "event": "attempt",
-                "call_id": self.call_id,
-                "function": self.layer._function,
-                "query": query,
-                "context": context,
-                "policy": self.policy,
-                "qwed": qwed_version,
-                "qwed_guard": guard_version,
-                "attempt": number,
-                "outcome": attempt.outcome._value_,
-                "verified": verified,
-                "value": _data(value),
-                "confidence": _data(confidence),
-                "error": self.text(error) if error else None,
-                "status": attempt.status,
-                "duration_us": round(attempt.duration * 1_000_000),
-                "wait_us": round(attempt.wait_before * 1_000_000),
-            }
+        call_id = self.call_id
+        record = Record(  # keywords: cheaper than a dict literal copied; keys sorted, as above
+            attempt=number,
+            call_id=call_id,
+            confidence=_data(confidence),
+            context=context,
+            duration_us=round(attempt.duration * 1_000_000),
+            error=self.text(error) if error else None,
+            event="attempt",
+            function=self.layer._function,
+            id=f"{call_id}/a{number}",
+            outcome=attempt.outcome._value_,
+            policy=self.policy,
+            query=query,
+            qwed=qwed_version,
+            qwed_guard=guard_version,
+            status=attempt.status,
+            ts=rfc3339(wall),
+            v=SCHEMA,
+            value=_data(value),
+            verified=verified,
+            wait_us=round(attempt.wait_before * 1_000_000),
         )
         if self.traceparent is not None:
             record["traceparent"] = self.traceparent
@@ -487,32 +487,31 @@ class _Call:
                 said if shared else _data(a_confidence),
                 a_token,
             )
-        record = Record(
-            {
-                "v": SCHEMA,
-                "id": f"{self.call_id}/call",
-                "ts": rfc3339(wall),
-                "event": "call",
-                "call_id": self.call_id,
-                "function": self.layer._function,
-                "query": query,
-                "context": context,
-                "policy": self.policy,
-                "qwed": qwed_version,
-                "qwed_guard": guard_version,
-                "attempt": attempts,
-                "outcome": outcome._value_,
-                "verified": verified,
-                "value": data,
-                "confidence": said,
-                "error": self.text(error) if error else None,
-                "duration_us": round(duration * 1_000_000),
-                "source": source,
-                "reason": self.text(reason) if reason else None,
-                "exception": exception,
-                "events": events,
-                "answered": inline,
-            }
+        call_id = self.call_id
+        record = Record(  # keywords: cheaper than a dict literal copied; keys sorted, as above
+            answered=inline,
+            attempt=attempts,
+            call_id=call_id,
+            confidence=said,
+            context=context,
+            duration_us=round(duration * 1_000_000),
+            error=self.text(error) if error else None,
+            event="call",
+            events=events,
+            exception=exception,
+            function=self.layer._function,
+            id=f"{call_id}/call",
+            outcome=outcome._value_,
+            policy=self.policy,
+            query=query,
+            qwed=qwed_version,
+            qwed_guard=guard_version,
+            reason=self.text(reason) if reason else None,
+            source=source,
+            ts=rfc3339(wall),
+            v=SCHEMA,
+            value=data,
+            verified=verified,
         )
         if self.traceparent is not None:
             record["traceparent"] = self.traceparent

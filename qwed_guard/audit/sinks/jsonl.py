@@ -360,7 +360,7 @@ class JsonlSink(FileSink):
         sealed = self._seal([*first, *records], self._seq, self._head, checkpoint)
         if not sealed.rows:
             return
-        data = b"".join(line for _, line, _ in sealed.rows)
+        data = b"".join([line for _, line, _ in sealed.rows])
         self._write(data)
         if durable or doomed:
             os.fdatasync(self._fd)
