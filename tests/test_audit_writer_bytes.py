@@ -19,6 +19,7 @@ from qwed_guard import alert_on_failures, audit_context, fallback, retry
 from qwed_guard.audit import audited, verify_trail
 from qwed_guard.audit.key import Key
 from qwed_guard.clock import FakeClock, install
+from qwed_guard.errors import AuditError
 from qwed_guard.redact import register_secret
 
 API_KEY = "sk-" + "Zq9" * 13 + "x"  # "sk-" and 40 characters
@@ -66,7 +67,11 @@ def _reply(rng: random.Random) -> Any:
     if kind == 4:
         return Result(True, {"nested": _text(rng)}, 1.0, attestation="eyJ.att.sig")
     if kind == 5:
-        return Result(True, 2**40, "high")
+        # Past JSON's safe integers, and a non-ASCII key beside a lone surrogate (the RFC 8785
+        # path): both once failed the write.
+        return rng.choice(
+            [Result(True, 2**40, "high"), Result(True, -(2**70)), Result(True, {"ключ": "\udc80"})]
+        )
     return Result(False, error=None)
 
 
@@ -122,8 +127,10 @@ def write_trails(directory: Path, seed: int = 1, calls: int = 120) -> dict[str, 
                             guarded(query)
                     else:
                         guarded(query)
+                except AuditError:
+                    raise  # every call must be recorded: the trail never refuses a shape
                 except Exception:
-                    pass
+                    pass  # a call that gave up: recorded all the same
             guarded.find_layer("audited").sink.close()
             trails[name] = path
     finally:
@@ -186,3 +193,18 @@ def test_canary_secrets_never_reach_the_trail(tmp_path: Path, keys: None) -> Non
     assert '"event":"call"' in text and '"events":[{' in text  # events and reasons written
     for secret in (API_KEY, REGISTERED, API_KEY[3:]):
         assert secret not in text
+
+
+def test_integers_past_json_safe_range_are_recorded_as_decimal_text(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    big = 2**60 + 1  # a float would read it back as 2**60
+
+    @audited(sink=f"jsonl:{path}", fsync="always")
+    @fallback(value=0)
+    def ask(query: str) -> Result:
+        return Result(True, big, 1.0)
+
+    assert ask("q").value == big
+    record = orjson.loads(path.read_bytes().splitlines()[-1])
+    assert record["value"] == record["answered"]["value"] == str(big)
+    assert verify_trail(str(path)).ok

@@ -59,7 +59,9 @@ def entry_mac(key: Key, seq: int, digest: str, prev: str) -> str:
 
 def redact_mac(key: Key, text: str) -> str:
     """What `redact="hmac"` stores instead of `text`: equal inputs give equal outputs."""
-    digest = hmac.new(key.secret, _REDACT_DOMAIN + text.encode("utf-8"), hashlib.sha256)
+    # surrogatepass: a lone surrogate (a malformed query) is hashed, not refused.
+    message = _REDACT_DOMAIN + text.encode("utf-8", "surrogatepass")
+    digest = hmac.new(key.secret, message, hashlib.sha256)
     return f"hmac-sha256:{key.id}:{digest.hexdigest()}"
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 from qwed_guard import clock
 from qwed_guard.audit.chain import Key, key_from_env, redact_mac
 from qwed_guard.audit.record import (
+    MAX_SAFE_INT,
     SCHEMA,
     Record,
     float_text,
@@ -109,7 +110,9 @@ def _data(value: Any) -> Any:
         return float_text(value)
     if kind is _Made:
         return value.data
-    return value  # None, bool, int
+    if kind is int and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        return str(value)  # as `jsonable` has it: JSON readers lose digits past 2**53
+    return value  # None, bool, a safe int
 
 
 def _read(result: Any, outcome: Outcome) -> Read:

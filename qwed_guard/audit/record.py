@@ -273,7 +273,11 @@ def canonical(record: Mapping[str, Any]) -> bytes:
             return dumps(_without_surrogates(record))
     import rfc8785  # only for records with floats, non-ASCII keys or other exotic content
 
-    return rfc8785.dumps(dict(record) if type(record) is Record else record)
+    plain = dict(record) if type(record) is Record else record
+    try:
+        return rfc8785.dumps(plain)
+    except rfc8785.CanonicalizationError:  # a lone surrogate (or what fails again below)
+        return rfc8785.dumps(_without_surrogates(plain))
 
 
 def _without_surrogates(obj: Any) -> Any:
