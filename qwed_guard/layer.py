@@ -544,8 +544,8 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
     def close(ctx: CallContext, outcome: CallOutcome) -> Any:
         if ctx.listeners or ctx.events is not None:
             _end(ctx, outcome)
-            if ctx.failure is not None:
-                raise ctx.failure  # the audit trail could not record the call: fail closed
+        if ctx.failure is not None:
+            raise ctx.failure  # the audit trail could not record the call: fail closed
         return _deliver(outcome)
 
     if is_async:
@@ -570,7 +570,7 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
                 raise
             finally:
                 CURRENT.reset(token)
-            if ctx.listeners or ctx.events is not None:
+            if ctx.listeners or ctx.events is not None or ctx.failure is not None:
                 return close(ctx, outcome)
             if outcome.exception is not None:
                 raise outcome.exception
@@ -594,7 +594,7 @@ def _chain_wrapper(chain: Chain, name: str, is_async: bool) -> Callable[..., Any
             raise
         finally:
             CURRENT.reset(token)
-        if ctx.listeners or ctx.events is not None:
+        if ctx.listeners or ctx.events is not None or ctx.failure is not None:
             return close(ctx, outcome)
         # Nobody watches: `close` inlined, as the success path runs it on every call.
         if outcome.exception is not None:

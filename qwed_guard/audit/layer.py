@@ -31,6 +31,7 @@ from qwed_guard.audit.record import (
     float_text,
     jsonable,
     rfc3339,
+    safe_repr,
     scrub,
     versions,
 )
@@ -244,7 +245,9 @@ class _Call:
         self.policy = ctx.policy_hash
         self.traceparent = ctx.traceparent  # set by the tracing hook, which starts first
         query = layer._query.find(ctx.args, ctx.kwargs)
-        self.query = query if type(query) in _SCALARS else _Copied(jsonable(query), repr(query))
+        self.query = (
+            query if type(query) in _SCALARS else _Copied(jsonable(query), safe_repr(query))
+        )
         fields = ctx.fields
         self.fields = jsonable(fields) if fields else None
         self.common: tuple[Any, dict[str, Any], str | None, str | None] | None = None
@@ -252,25 +255,31 @@ class _Call:
 
     def __call__(self, event: Event) -> None:
         kind = type(event)
-        if kind is AttemptEnded:
-            attempt = event.record  # type: ignore[union-attr]  # narrowed by kind
-            result = event.result  # type: ignore[union-attr]
-            if (
-                self.held is None
-                and attempt.outcome in ANSWERED
-                and not isinstance(result, BaseException)
-            ):
-                self.held = (attempt, result, event.wall)  # the common case of `_attempt`
-            else:
-                self._attempt(event)  # type: ignore[arg-type]
-        elif kind is CallEnded:
-            self.finish(event)  # type: ignore[arg-type]  # narrowed by kind
-        elif kind not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
-            events = self.events
-            if events is None:
-                self.events = [event]
-            else:
-                events.append(event)
+        try:
+            if kind is AttemptEnded:
+                attempt = event.record  # type: ignore[union-attr]  # narrowed by kind
+                result = event.result  # type: ignore[union-attr]
+                if (
+                    self.held is None
+                    and attempt.outcome in ANSWERED
+                    and not isinstance(result, BaseException)
+                ):
+                    self.held = (attempt, result, event.wall)  # the common case of `_attempt`
+                else:
+                    self._attempt(event)  # type: ignore[arg-type]
+            elif kind is CallEnded:
+                self.finish(event)  # type: ignore[arg-type]  # narrowed by kind
+            elif kind not in _QUIET_EVENTS:  # gave up, fallback, breaker changes, alerts
+                events = self.events
+                if events is None:
+                    self.events = [event]
+                else:
+                    events.append(event)
+        except AuditError:
+            raise
+        except Exception as exc:  # whatever broke, the call is not recorded: it fails closed
+            self.layer._failed(self, exc)
+            self.raise_if_failed()
 
     # --- on the caller's side: capture ----------------------------------------------------
     def _attempt(self, event: AttemptEnded) -> None:
@@ -366,9 +375,8 @@ class _Call:
         if failure is not None:
             if isinstance(failure, AuditError):
                 raise AuditError(f"call {self.call_id} not audited: {failure}") from failure
-            raise AuditError(
-                f"call {self.call_id} not audited: {type(failure).__name__}: {failure}"
-            ) from failure
+            why = scrub(f"{type(failure).__name__}: {failure}")
+            raise AuditError(f"call {self.call_id} not audited: {why}") from failure
 
     # --- where the records are sealed: build ----------------------------------------------
     def _shared(self) -> tuple[Any, dict[str, Any], str | None, str | None]:
@@ -764,8 +772,17 @@ class AuditLayer(Layer):
         elif call.failure is None:
             call.failure = exc
 
-    def _watch(self, ctx: CallContext) -> _Call:
-        return _Call(self, ctx)
+    def _watch(self, ctx: CallContext) -> _Call | None:
+        try:
+            return _Call(self, ctx)
+        except Exception as exc:  # the call cannot be recorded: it fails closed once it ends
+            if self.on_error == "log":
+                from loguru import logger
+
+                logger.error("qwed_guard audit: a call was not recorded: {}", scrub(str(exc)))
+                return None
+            why = scrub(f"{type(exc).__name__}: {exc}")
+            raise AuditError(f"a call was not recorded: {why}") from exc
 
 
 def _key(env: str | None, param: str) -> Key:

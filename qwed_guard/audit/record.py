@@ -377,6 +377,22 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return value if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else str(value)
     if kind is float:
         return float_text(value)
+    try:
+        return _structured(value, depth)
+    except Exception as exc:  # a value that cannot even be read is recorded as what it is
+        return f"<{type(value).__name__}: unreadable, {type(exc).__name__}>"
+
+
+def safe_repr(value: Any) -> str:
+    """`repr(value)`, or what the value is when its `__repr__` raises."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        return f"<{type(value).__name__}: unreadable, {type(exc).__name__}>"
+
+
+def _structured(value: Any, depth: int) -> Any:
+    """`jsonable` of anything but a plain scalar (which may raise: `jsonable` catches it)."""
     if isinstance(value, enum.Enum):
         return jsonable(value.value, depth)
     if depth >= 8:
