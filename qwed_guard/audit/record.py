@@ -380,7 +380,7 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     try:
         return _structured(value, depth)
     except Exception as exc:  # a value that cannot even be read is recorded as what it is
-        return f"<{type(value).__name__}: unreadable, {type(exc).__name__}>"
+        return _unreadable(value, exc)
 
 
 def safe_repr(value: Any) -> str:
@@ -388,7 +388,11 @@ def safe_repr(value: Any) -> str:
     try:
         return repr(value)
     except Exception as exc:
-        return f"<{type(value).__name__}: unreadable, {type(exc).__name__}>"
+        return _unreadable(value, exc)
+
+
+def _unreadable(value: Any, exc: Exception) -> str:
+    return f"<{type(value).__name__}: unreadable, {type(exc).__name__}>"
 
 
 def _structured(value: Any, depth: int) -> Any:
