@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
+import threading
 
 os.environ.setdefault("QWED_QUIET", "1")
 
@@ -19,6 +22,7 @@ from qwed_guard.sim.questions import (
     UNEXPRESSIBLE,
     classify_prompt,
     render,
+    translate_logic,
     unevaluable_expression_for,
     wrong_answer_for,
     wrong_expression_for,
@@ -195,3 +199,52 @@ def test_sample_questions_are_reproducible_mixed_and_correct() -> None:
     assert sample_questions(0) == []
     with pytest.raises(ValueError, match="n must be"):
         sample_questions(-1)
+
+
+class _CyclicFinalizer:
+    """Garbage whose collection runs Python code, so a thread switch can land mid-parse."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        sum(range(20))
+
+
+def test_parsing_is_safe_across_threads() -> None:
+    # CPython before 3.11.8 shares one AST depth counter between threads (cpython#106905):
+    # a collection inside one parse lets another thread's parse corrupt it, and the first
+    # raises SystemError. The simulator answers from many threads, so this must not happen.
+    questions = [q.text for q in sample_questions(40, seed=3)]
+    expected = [solve(text) for text in questions]
+    logic = "Find x, y such that x > 2 and y < x and x + y == 7 and (x < 9 or y > 1)"
+    expected_logic = translate_logic(logic)
+    errors: list[BaseException] = []
+    wrong: list[str] = []
+
+    def work() -> None:
+        try:
+            for _ in range(15):
+                for text, want in zip(questions, expected, strict=True):
+                    _CyclicFinalizer()
+                    if solve(text) != want:
+                        wrong.append(text)
+                if translate_logic(logic) != expected_logic:
+                    wrong.append(logic)
+        except BaseException as exc:  # any escape is the failure under test
+            errors.append(exc)
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50, 1, 1)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*thresholds)
+    assert errors == []
+    assert wrong == []

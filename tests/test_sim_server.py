@@ -275,13 +275,17 @@ def test_keep_alive_reuses_one_connection() -> None:
 def test_concurrent_callers() -> None:
     with SimulatedLLM() as llm:
         client = qwed(llm)
+        questions = sample_questions(10, seed=1)
         failures: list[Any] = []
 
         def work() -> None:
-            for q in sample_questions(10, seed=1):
-                result = client.verify_math(q.text)
-                if not result.verified or result.value != q.value:
-                    failures.append(result)
+            try:
+                for q in questions:
+                    result = client.verify_math(q.text)
+                    if not result.verified or result.value != q.value:
+                        failures.append(result)
+            except BaseException as exc:  # a thread's error must reach the test
+                failures.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(8)]
         for t in threads:

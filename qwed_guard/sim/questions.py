@@ -51,6 +51,7 @@ import json
 import keyword
 import random
 import re
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -537,6 +538,18 @@ def _arith_code(node: ast.AST) -> str:
     raise ValueError(f"unsupported: {type(node).__name__}")
 
 
+# CPython before 3.11.8 (and 3.12.0-3.12.1) keeps one AST-building depth counter per
+# interpreter; two threads parsing at once can raise "SystemError: AST constructor recursion
+# depth mismatch" (python/cpython#106905). The simulator answers from many threads, so its
+# parses take turns.
+_PARSE_LOCK: Final = threading.Lock()
+
+
+def _parse_expression(text: str) -> ast.Expression:
+    with _PARSE_LOCK:
+        return ast.parse(text, mode="eval")
+
+
 def _arithmetic(query: str, q: str) -> Solution | None:
     text = _LEADING.sub("", q).strip().rstrip("?.!= ").strip()
     for pattern, repl in _WORDS:
@@ -548,7 +561,7 @@ def _arithmetic(query: str, q: str) -> Solution | None:
     if not re.fullmatch(r"[\d\s+\-*/().]+", text) or not re.search(r"\d", text):
         return None
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = _parse_expression(text.strip())
         value = _arith_eval(tree)
         code = _arith_code(tree)
     except (SyntaxError, ValueError, ZeroDivisionError, KeyError, OverflowError):
@@ -801,7 +814,7 @@ def translate_logic(query: str) -> LogicTranslation | None:
     body = re.sub(r"(?<![<>=!])=(?!=)", "==", body)
     body = re.sub(r"\s*[;,]\s*(?:and\s+)?", " and ", body)
     try:
-        tree = ast.parse(body, mode="eval").body
+        tree = _parse_expression(body).body
     except SyntaxError:
         return None
     clauses = (
@@ -834,7 +847,7 @@ def wrong_logic_translation_for(query: str) -> str:
     if translation is None:
         return _EMPTY_LOGIC
     *kept, last = translation.constraints
-    negated = ast.unparse(ast.UnaryOp(ast.Not(), ast.parse(last, mode="eval").body))
+    negated = ast.unparse(ast.UnaryOp(ast.Not(), _parse_expression(last).body))
     return LogicTranslation(query, translation.variables, (*kept, negated)).to_json()
 
 
